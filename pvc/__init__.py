@@ -1,0 +1,3 @@
+"""pvc: the management layer of a PVC (Parallel Virtual Cluster) hypervisor cluster."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,144 @@
+"""Registry → Click: one command per operation (or per declared variant), built once.
+
+Commands take the cluster from the lazy context object, convert values with the registry's
+converters, call the library function and print its result; a PvcError becomes `Error: ...` on
+stderr and the exit code of :mod:`pvc.cli.errors`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import click
+
+from pvc.cli.context import CliContext, completion_core
+from pvc.cli.errors import CommandFailed
+from pvc.cli.render import FORMATS, RENDERERS, render, use_colour
+from pvc.lib.errors import InvalidArgument, PvcError
+from pvc.lib.registry import COMPLETERS, Operation, Param, convert
+
+
+class ValueType(click.ParamType):
+    """A Click type that converts with the registry's converter, so CLI and HTTP agree."""
+
+    def __init__(self, param: Param):
+        self.param = param
+        self.name = param.kind
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            return convert(self.param, value)
+        except InvalidArgument as e:
+            self.fail(e.message, param, ctx)
+
+    def shell_complete(self, ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+        from click.shell_completion import CompletionItem
+
+        if self.param.choices:
+            return [CompletionItem(c) for c in self.param.choices if c.startswith(incomplete)]
+        if self.param.complete is None:
+            return []
+        core = completion_core(ctx)
+        if core is None:
+            return []
+        try:
+            return [CompletionItem(v) for v in COMPLETERS[self.param.complete](core, incomplete)]
+        except PvcError:
+            return []  # an unreachable store offers nothing rather than a traceback
+        finally:
+            core.close()
+
+
+def click_param(p: Param) -> click.Parameter:
+    if p.positional:
+        required = p.required and p.cli_default is None
+        return click.Argument([p.name], type=ValueType(p), required=required, metavar=p.metavar if required else f"[{p.metavar}]")
+    flag = "--" + p.name.replace("_", "-")
+    decls = [flag, p.name] + ([p.short] if p.short else [])
+    if p.kind == "flag":
+        return click.Option(decls, is_flag=True, default=bool(p.default), help=p.help)
+    return click.Option(decls, type=ValueType(p), required=p.required, default=p.default, help=p.help,
+                        show_default=p.default is not None)
+
+
+def _command(op: Operation, verb: str, help_text: str, fixed: dict[str, Any], wait: Callable[..., str] | None) -> click.Command:
+    params = [click_param(p) for p in op.params if p.name not in fixed]
+    arguments = [p for p in params if isinstance(p, click.Argument)]
+    options = [p for p in params if not isinstance(p, click.Argument)]
+    view = RENDERERS.get(op.render or "")
+    if op.result != "message":
+        options.append(click.Option(["--format", "_format"], type=click.Choice(FORMATS), default="table",
+                                    show_default=True, help="Output format."))
+    if view is not None and view.long:
+        options.append(click.Option(["-l", "--long", "_long"], is_flag=True, help="Show more details."))
+    if wait is not None:
+        options.append(click.Option(["-w", "--wait", "_wait"], is_flag=True,
+                                    help="Wait until the node reports the change as done."))
+        options.append(click.Option(["--timeout", "_timeout"], type=click.FloatRange(min=0, min_open=True),
+                                    metavar="SECONDS", help="Deadline of --wait (default: pvc.timeouts.wait)."))
+    if op.destructive:
+        options.append(click.Option(["-y", "--yes", "_yes"], is_flag=True, help="Do not ask for confirmation."))
+
+    def callback(**kwargs: Any) -> None:
+        ctx = click.get_current_context()
+        fmt = kwargs.pop("_format", "table")
+        long = kwargs.pop("_long", False)
+        waiting = kwargs.pop("_wait", False)
+        timeout = kwargs.pop("_timeout", None)
+        if op.destructive and not kwargs.pop("_yes", False):
+            click.confirm(f"Really {verb}? This cannot be undone.", abort=True)
+        values = {**kwargs, **fixed}
+        for p in op.params:
+            if values.get(p.name) is None and p.cli_default is not None:
+                values[p.name] = p.cli_default()
+        core = ctx.find_object(CliContext).core()
+        try:
+            result = op.func(core, **values)
+            if waiting and wait is not None:
+                click.echo(result)
+                result = wait(core, **values, timeout=timeout)
+        except PvcError as e:
+            raise CommandFailed(e) from None
+        if op.result == "message":
+            click.echo(result)
+        else:
+            colour = use_colour()
+            click.echo(render(result, fmt, op.render, colour, long), color=colour)
+
+    positional = [p for p in op.params if p.positional and p.name not in fixed]
+    if positional:  # Click shows no help for arguments; list them under the text
+        help_text += "\n\nArguments:\n\n\b\n" + "\n".join(f"  {p.metavar:<10}{p.help}" for p in positional)
+    return click.Command(verb, params=arguments + options, callback=callback, help=help_text,
+                         short_help=help_text.split("\n", 1)[0])
+
+
+def commands_for(op: Operation) -> list[tuple[str, click.Command, tuple[str, ...]]]:
+    """The (name, command, aliases) entries an operation contributes to its group."""
+    if not op.cli:
+        return []
+    if not op.variants:
+        return [(op.verb, _command(op, op.verb, op.help, {}, None), ())]
+    out = []
+    for v in op.variants:
+        body = op.help.partition("\n")[2].strip()
+        text = f"{v.help}\n\n{body}" if body else v.help
+        out.append((v.verb, _command(op, v.verb, text, dict(v.fixed), v.wait), v.aliases))
+    return out
+
+
+def add_operations(root: click.Group, operations: dict[str, Operation], group_help: dict[str, str]) -> None:
+    """Attach every operation's commands under ``root``, creating the groups on the way."""
+    for op in operations.values():
+        group = root
+        for i, name in enumerate(op.group):
+            if name not in group.commands:
+                path = " ".join(op.group[: i + 1])
+                group.add_command(click.Group(name, help=group_help.get(path, f"Manage {name}s.")))
+            group = group.commands[name]  # type: ignore[assignment]
+        for verb, command, aliases in commands_for(op):
+            group.add_command(command, verb)
+            for alias in aliases:
+                hidden = click.Command(alias, params=command.params, callback=command.callback,
+                                       help=command.help, short_help=f"Alias of '{verb}'.", hidden=True)
+                group.add_command(hidden, alias)
+

@@ -1,0 +1,1 @@
+"""Commands that are not operations of the API (serving it, for one)."""

@@ -1,0 +1,73 @@
+"""`pvc serve`: run the HTTP API on cheroot until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from pvc.cli.context import CliContext
+from pvc.cli.errors import CommandFailed
+from pvc.lib.config import check_host, split_host_port
+from pvc.lib.errors import PvcError
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """HOST:PORT (IPv6 as [addr]:PORT); port 0 picks a free port."""
+    try:
+        host, port = split_host_port(text)
+        if port is None or not port.isdigit() or int(port) > 65535:
+            raise ValueError(text)
+        check_host(host)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not HOST:PORT (port 0 to 65535)") from None
+    return host, int(port)
+
+
+def setup_logging(debug: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # kazoo repeats every reconnection attempt at WARNING; our store logs the state changes.
+    logging.getLogger("kazoo").setLevel(logging.DEBUG if debug else logging.ERROR)
+
+
+@click.command()
+@click.option("--listen", metavar="HOST:PORT", help="Listen here instead of pvc.api.listen_address:listen_port.")
+@click.option("--routes", is_flag=True, help="List the API's routes and exit.")
+@click.pass_obj
+def serve(obj: CliContext, listen: str | None, routes: bool) -> None:
+    """Serve the PVC HTTP API (see the manual) until SIGTERM or SIGINT.
+
+    Uses the same configuration as every other command: ZooKeeper when coordinators are
+    configured, else the embedded store, whose file is printed at start-up.
+    """
+    if routes:
+        from pvc.lib.registry import load_all
+        from pvc.server.routes import route_table
+
+        for method, path, name in route_table(load_all()):
+            click.echo(f"{method:<7}{path:<48}{name}")
+        return
+    settings = obj.settings()
+    if listen:
+        host, port = parse_listen(listen)
+        settings = settings.replace(listen_address=host, listen_port=port)
+    setup_logging(settings.debug)
+
+    from pvc.lib.core import Cluster
+    from pvc.server.run import StartupError, build_server, serve_forever, url_of
+
+    core = Cluster(settings)
+    try:
+        store = core.store
+        server = build_server(core)
+    except PvcError as e:
+        core.close()
+        raise CommandFailed(e) from None
+    except StartupError as e:
+        core.close()
+        raise click.ClickException(str(e)) from None
+    click.echo(f"Store: {store.describe()}")
+    click.echo(f"Listening on {url_of(server, settings)}", nl=True)
+    click.get_text_stream("stdout").flush()
+    serve_forever(server, core.close)

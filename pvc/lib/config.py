@@ -1,0 +1,323 @@
+"""Configuration: the manual's ``pvc-api.yaml`` keys plus ours, read into a frozen Settings value.
+
+The file is found as the manual says (``PVC_CONFIG_FILE``), or given with ``pvc --config FILE``;
+else ``/etc/pvc/pvc-api.yaml`` is read when it exists; else the embedded defaults apply (no file at
+all is a valid single-host set-up). Every mistake becomes one line naming the key path and what is
+wrong; all of them are reported together as one :class:`ConfigError`.
+
+``KEYS`` below is the single declaration of the file's keys: it drives validation, and a test
+checks that ``pvc-api.example.yaml`` documents every one of them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from pvc.lib.errors import ConfigError
+
+SYSTEM_CONFIG = "/etc/pvc/pvc-api.yaml"
+DEFAULT_PORT = 7370
+
+
+@dataclass(frozen=True)
+class Token:
+    """One API token; the description is for the administrator only."""
+
+    token: str
+    description: str = ""
+
+    def __repr__(self) -> str:  # never show a token in a log or a traceback
+        return f"Token(description={self.description!r})"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a pvc process needs to know, as one immutable value."""
+
+    debug: bool = False
+    coordinators: tuple[str, ...] = ()
+    listen_address: str = "127.0.0.1"
+    listen_port: int = DEFAULT_PORT
+    auth_enabled: bool = False
+    secret_key: str | None = None
+    tokens: tuple[Token, ...] = ()
+    session_lifetime: int = 12 * 3600
+    ssl_enabled: bool = False
+    ssl_cert_file: str | None = None
+    ssl_key_file: str | None = None
+    store_path: str | None = None
+    zk_chroot: str | None = None
+    store_timeout: float = 5.0
+    wait_timeout: float = 600.0
+    source: str = field(default="built-in defaults", compare=False)
+
+    @property
+    def engine(self) -> str:
+        """``zookeeper`` when coordinators are configured, else ``embedded``."""
+        return "zookeeper" if self.coordinators else "embedded"
+
+    def replace(self, **changes: Any) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+
+def default_store_path(env: Mapping[str, str]) -> str:
+    """The embedded store's file in the user's data directory (XDG), e.g. ~/.local/share/pvc."""
+    base = env.get("XDG_DATA_HOME") or os.path.join(env.get("HOME") or os.path.expanduser("~"), ".local", "share")
+    return os.path.join(base, "pvc", "pvc.sqlite")
+
+
+# --- value checkers: each returns the converted value or raises ValueError(what is wrong) --------
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise ValueError("must be true or false")
+
+
+def _port(value: Any) -> int:
+    if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, str) and value.isdigit())):
+        raise ValueError("must be an integer from 1 to 65535")
+    port = int(value)
+    if not 1 <= port <= 65535:
+        raise ValueError("must be an integer from 1 to 65535")
+    return port
+
+
+_HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
+
+
+def check_host(text: str) -> str:
+    """A host name or IP address (IPv6 in brackets when a port follows)."""
+    bare = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+    try:
+        ipaddress.ip_address(bare)
+        return text
+    except ValueError:
+        pass
+    if not _HOST.match(bare) or len(bare) > 253:
+        raise ValueError(f"{text!r} is not a host name or IP address")
+    return text
+
+
+def _address(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError("must be an IP address or host name, e.g. 127.0.0.1 or 0.0.0.0")
+    check_host(value)
+    return value
+
+
+def split_host_port(item: str) -> tuple[str, str | None]:
+    """``host``, ``host:port``, ``[v6]:port`` or a bare IPv6 address → (host, port or None)."""
+    if item.startswith("["):
+        host, _, rest = item[1:].partition("]")
+        if rest and not rest.startswith(":"):
+            raise ValueError(item)
+        return host, rest[1:] if rest else None
+    if item.count(":") == 1:
+        host, port = item.split(":")
+        return host, port
+    return item, None
+
+
+def _coordinators(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise ValueError("must be a list of host names (host or host:port); empty for the embedded store")
+    for i, item in enumerate(value):
+        try:
+            if not isinstance(item, str):
+                raise ValueError(item)
+            host, port = split_host_port(item)
+            check_host(host)
+            if port is not None:
+                _port(port)
+        except ValueError:
+            raise ValueError(f"entry {i + 1} ({item!r}) must be host or host:port with a port from 1 to 65535")
+    return tuple(value)
+
+
+def _opt_str(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError("must be a string")
+    return value
+
+
+def _positive(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ValueError("must be a number of seconds greater than 0")
+    return float(value)
+
+
+def _positive_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError("must be a whole number of seconds greater than 0")
+    return value
+
+
+def _chroot(value: Any) -> str | None:
+    value = _opt_str(value)
+    if value in (None, "", "/"):
+        return None
+    if not value.startswith("/") or value.endswith("/") or "//" in value:
+        raise ValueError("must be an absolute ZooKeeper path such as /pvc (no trailing '/')")
+    return value
+
+
+def _tokens(value: Any) -> tuple[Token, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise ValueError("must be a list of {description, token} entries")
+    tokens = []
+    for i, item in enumerate(value):
+        if not isinstance(item, dict):
+            raise ValueError(f"entry {i + 1} must be a mapping with a 'token' key")
+        unknown = set(item) - {"description", "token"}
+        if unknown:
+            raise ValueError(f"entry {i + 1} has unknown key {sorted(unknown)[0]!r}")
+        if "token" not in item:
+            raise ValueError(f"entry {i + 1} has no 'token'")
+        if not isinstance(item["token"], str):
+            raise ValueError(f"entry {i + 1}: token must be a string")
+        tokens.append(Token(token=item["token"], description=str(item.get("description") or "")))
+    return tuple(tokens)
+
+
+@dataclass(frozen=True)
+class Key:
+    """One configuration key: where it sits in the file and which Settings field it fills."""
+
+    path: str
+    field: str
+    check: Callable[[Any], Any]
+    required: bool = False
+    help: str = ""
+
+
+KEYS: tuple[Key, ...] = (
+    Key("pvc.debug", "debug", _bool, True, "Pretty JSON and debug logging; never an interactive debugger."),
+    Key("pvc.coordinators", "coordinators", _coordinators, True,
+        "ZooKeeper hosts (host or host:port); an empty list selects the embedded store."),
+    Key("pvc.api.listen_address", "listen_address", _address, True, "Address `pvc serve` listens on."),
+    Key("pvc.api.listen_port", "listen_port", _port, False, "Port `pvc serve` listens on (default 7370)."),
+    Key("pvc.api.authentication.enabled", "auth_enabled", _bool, True, "Require a token on protected routes."),
+    Key("pvc.api.authentication.secret_key", "secret_key", _opt_str, False, "Key that signs session cookies."),
+    Key("pvc.api.authentication.tokens", "tokens", _tokens, False, "List of {description, token}."),
+    Key("pvc.api.authentication.session_lifetime", "session_lifetime", _positive_int, False,
+        "Seconds a login session stays valid (default 43200)."),
+    Key("pvc.api.ssl.enabled", "ssl_enabled", _bool, True, "Serve HTTPS."),
+    Key("pvc.api.ssl.cert_file", "ssl_cert_file", _opt_str, False, "PEM certificate (chain) file."),
+    Key("pvc.api.ssl.key_file", "ssl_key_file", _opt_str, False, "PEM private key file."),
+    Key("pvc.store.path", "store_path", _opt_str, False, "Embedded store file (default in the data directory)."),
+    Key("pvc.store.chroot", "zk_chroot", _chroot, False, "ZooKeeper path under which the cluster lives."),
+    Key("pvc.store.timeout", "store_timeout", _positive, False, "Seconds to wait for the store (default 5)."),
+    Key("pvc.timeouts.wait", "wait_timeout", _positive, False, "Deadline of `--wait` (default 600)."),
+)
+
+_SECTIONS = {k.path.rsplit(".", 1)[0] for k in KEYS} | {"pvc.api", "pvc"}
+_SECTIONS |= {p.rsplit(".", 1)[0] for p in list(_SECTIONS) if "." in p}
+
+
+def _walk(data: Any, prefix: str, problems: list[str], found: dict[str, Any]) -> None:
+    """Flatten the mapping into dotted paths, reporting unknown keys and non-mappings."""
+    if not isinstance(data, dict):
+        problems.append(f"{prefix}: must be a mapping")
+        return
+    known = {k.path for k in KEYS}
+    for name, value in data.items():
+        path = f"{prefix}.{name}"
+        if path in known:
+            found[path] = value
+        elif path in _SECTIONS:
+            _walk(value, path, problems, found)
+        else:
+            problems.append(f"{path}: unknown key")
+
+
+def settings_from_mapping(data: Any, source: str, env: Mapping[str, str]) -> Settings:
+    """Validate a parsed configuration file and build Settings, or raise ConfigError."""
+    problems: list[str] = []
+    found: dict[str, Any] = {}
+    if not isinstance(data, dict) or set(data) != {"pvc"}:
+        extra = sorted(set(data) - {"pvc"}) if isinstance(data, dict) else []
+        if extra:
+            problems.extend(f"{name}: unknown key" for name in extra)
+        if not isinstance(data, dict) or "pvc" not in data:
+            raise ConfigError([f"{source}: must be a mapping with a top-level 'pvc' key"])
+    _walk(data["pvc"], "pvc", problems, found)
+    values: dict[str, Any] = {}
+    for key in KEYS:
+        if key.path not in found:
+            if key.required:
+                problems.append(f"{key.path}: required key is missing")
+            continue
+        try:
+            values[key.field] = key.check(found[key.path])
+        except ValueError as e:
+            problems.append(f"{key.path}: {e}")
+    problems.extend(_cross_checks(values))
+    if problems:
+        raise ConfigError(problems)
+    if not values.get("store_path"):
+        values["store_path"] = default_store_path(env)
+    return Settings(source=source, **values)
+
+
+def _cross_checks(values: dict[str, Any]) -> list[str]:
+    """Rules that involve more than one key."""
+    problems = []
+    if values.get("auth_enabled"):
+        tokens = values.get("tokens") or ()
+        if not tokens:
+            problems.append("pvc.api.authentication.tokens: at least one token is required when authentication is enabled")
+        for i, token in enumerate(tokens):
+            if not token.token.strip():
+                problems.append(f"pvc.api.authentication.tokens: entry {i + 1} has an empty token")
+        if values.get("secret_key") == "":
+            problems.append("pvc.api.authentication.secret_key: must not be empty when authentication is enabled")
+    if values.get("ssl_enabled"):
+        for name, path in (("cert_file", values.get("ssl_cert_file")), ("key_file", values.get("ssl_key_file"))):
+            if not path:
+                problems.append(f"pvc.api.ssl.{name}: required when pvc.api.ssl.enabled is true")
+    return problems
+
+
+def find_config_file(explicit: str | None, env: Mapping[str, str]) -> str | None:
+    """The file to read: --config, else PVC_CONFIG_FILE, else the system file if it exists."""
+    if explicit:
+        return explicit
+    if env.get("PVC_CONFIG_FILE"):
+        return env["PVC_CONFIG_FILE"]
+    return SYSTEM_CONFIG if os.path.exists(SYSTEM_CONFIG) else None
+
+
+def load_settings(explicit: str | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Find, read and validate the configuration; the built-in defaults when there is no file."""
+    env = os.environ if env is None else env
+    path = find_config_file(explicit, env)
+    if path is None:
+        return Settings(store_path=default_store_path(env))
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise ConfigError([f"{path}: cannot read the configuration file: {e.strerror or e}"])
+    import yaml  # only when there is a file: keeps `pvc --help` light
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError([f"{path}: not valid YAML{where}: {problem}"])
+    return settings_from_mapping(data, path, env)

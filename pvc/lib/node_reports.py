@@ -1,0 +1,106 @@
+"""What a node agent writes about its own node: registration and its periodic figures.
+
+Clients never create nodes (the manual: "Nodes are created automatically during daemon
+startup"); the node agent calls these functions, and tests use them to build clusters.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from pvc.lib import schema
+from pvc.lib.core import Cluster
+from pvc.lib.errors import InvalidArgument, NotFound, quote
+from pvc.lib.ops.node import DAEMON_STATES, DOMAIN_STATES
+
+
+@dataclass(frozen=True)
+class NodeFacts:
+    """What does not change while the agent runs (the original's `staticdata`)."""
+
+    cpu_count: int
+    kernel: str
+    os: str
+    arch: str
+
+    def text(self) -> str:
+        words = [str(self.cpu_count), self.kernel, self.os, self.arch]
+        if any(not w or any(c.isspace() for c in w) for w in words):
+            raise InvalidArgument("Node facts must be single words.")
+        return " ".join(words)
+
+
+@dataclass(frozen=True)
+class NodeFigures:
+    """What the agent publishes with every keepalive (MiB for memory)."""
+
+    memtotal: int = 0
+    memused: int = 0
+    memfree: int = 0
+    memalloc: int = 0
+    vcpualloc: int = 0
+    cpuload: float = 0.0
+    domainscount: int = 0
+    running_domains: tuple[str, ...] = ()
+
+
+def register_node(core: Cluster, name: str, facts: NodeFacts, coordinator: bool = False) -> bool:
+    """Register (or re-register) a node; returns True when it was new.
+
+    A new node starts `init`, `flushed` (it must be made ready before it gets VMs) and with zero
+    figures. A known node keeps its domain state and figures; its mode, facts and daemon state
+    (`init`) are rewritten. One atomic write either way.
+    """
+    mode = "coordinator" if coordinator else "hypervisor"
+    node = schema.node(name)
+
+    def key(field: str) -> str:
+        return schema.node_key(name, field)
+
+    values = {
+        node: mode,
+        key("daemonmode"): mode,
+        key("daemonstate"): "init",
+        key("routerstate"): "secondary" if coordinator else "client",
+        key("staticdata"): facts.text(),
+    }
+    new = not core.store.exists(node)
+    if new:
+        values.update({key(f): "0" for f in ("memtotal", "memused", "memfree", "memalloc", "vcpualloc",
+                                              "domainscount", "networkscount")})
+        values.update({key("domainstate"): "flushed", key("cpuload"): "0.0", key("runningdomains"): "",
+                       key("keepalive"): str(int(time.time()))})
+    core.store.write(values)
+    return new
+
+
+def publish_figures(core: Cluster, name: str, figures: NodeFigures, daemon_state: str = "run") -> None:
+    """Publish a keepalive: the node's figures, its daemon state and the time, in one write."""
+    if daemon_state not in DAEMON_STATES:
+        raise InvalidArgument(f"Invalid daemon state {quote(daemon_state)}.")
+    node = schema.node(name)
+    if not core.store.exists(node):
+        raise NotFound(f"Node {quote(name)} not found.")
+    values = {
+        "daemonstate": daemon_state,
+        "memtotal": str(figures.memtotal),
+        "memused": str(figures.memused),
+        "memfree": str(figures.memfree),
+        "memalloc": str(figures.memalloc),
+        "vcpualloc": str(figures.vcpualloc),
+        "cpuload": f"{figures.cpuload:.2f}",
+        "domainscount": str(figures.domainscount),
+        "runningdomains": " ".join(figures.running_domains),
+        "keepalive": str(int(time.time())),
+    }
+    core.store.write({schema.node_key(name, k): v for k, v in values.items()})
+
+
+def report_domain_state(core: Cluster, name: str, state: str) -> None:
+    """The agent reports where a flush or ready stands (`flushed`, `ready`, ...)."""
+    if state not in DOMAIN_STATES:
+        raise InvalidArgument(f"Invalid domain state {quote(state)}.")
+    if not core.store.exists(schema.node(name)):
+        raise NotFound(f"Node {quote(name)} not found.")
+    core.store.write({schema.node_key(name, "domainstate"): state})

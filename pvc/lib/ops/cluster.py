@@ -1,0 +1,43 @@
+"""Cluster-wide operations: creating the root tree."""
+
+from __future__ import annotations
+
+from pvc.lib import schema
+from pvc.lib.core import Cluster
+from pvc.lib.errors import InvalidState
+from pvc.lib.registry import Param, operation
+from pvc.lib.store import Create, Delete
+
+#: Larger removals than this are not one transaction: ZooKeeper refuses requests over ~1 MB.
+_ATOMIC_LIMIT = 5000
+
+
+@operation(
+    "", "init", "POST", None,
+    params={"yes": Param("Replace an existing cluster, deleting all of its data.", kind="flag")},
+    http_reason="Initialising replaces the whole cluster; only an administrator on a node does it.",
+)
+def init_cluster(core: Cluster, yes: bool = False) -> str:
+    """Create the cluster's root tree in the store.
+
+    On a store that already holds a cluster this refuses unless --yes is given; with --yes the
+    old tree (nodes, VMs, networks, storage records) is deleted and a new, empty one created.
+    Running node agents must be restarted afterwards.
+    """
+    store = core.store
+    present = [root for root, entry in store.get_many(schema.ROOTS).items() if entry is not None]
+    if present and not yes:
+        raise InvalidState(
+            f"A cluster already exists in {store.describe()}; pass --yes to replace it (this deletes all of its data)."
+        )
+    doomed = [key for root in present for key in reversed(store.subtree(root))]
+    create = [Create(path, value) for path, value in schema.ROOT_TREE]
+    if len(doomed) <= _ATOMIC_LIMIT:
+        store.commit([Delete(key) for key in doomed] + create)
+    else:
+        for i in range(0, len(doomed), _ATOMIC_LIMIT):  # children before parents, batch by batch
+            store.commit([Delete(key) for key in doomed[i : i + _ATOMIC_LIMIT]])
+        store.commit(create)
+    if present:
+        return f"Replaced the cluster in {store.describe()} with a new, empty one; restart any running node agents."
+    return f"Initialised a new cluster in {store.describe()}."

@@ -1,0 +1,247 @@
+"""Node operations: the manual's node endpoints.
+
+Nodes are created by their agent (see :mod:`pvc.lib.node_reports`), never by clients. Clients read
+them and ask for changes — primary/secondary coordinator, flush/ready — which the tree records
+and the node agents carry out.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from pvc.lib import schema
+from pvc.lib.core import Cluster
+from pvc.lib.errors import InvalidState, NotFound, quote
+from pvc.lib.match import select
+from pvc.lib.registry import Param, Variant, completer, operation
+from pvc.lib.store import Create, Entry, Set
+
+DAEMON_STATES = ("init", "run", "shutdown", "stop", "dead")
+COORDINATOR_STATES = ("client", "secondary", "primary")
+DOMAIN_STATES = ("flushed", "flush", "unflush", "ready")
+
+#: What a domain-state request writes, and the state the agent reports once it is done.
+DOMAIN_REQUESTS = {"flush": ("flush", "flushed"), "ready": ("unflush", "ready")}
+
+
+def this_node() -> str:
+    """The short host name of this machine: the default NODE of the node commands."""
+    return socket.gethostname().split(".")[0]
+
+
+NODE_ARG = Param("Name of the node.", positional=True, complete="node")
+LOCAL_NODE_ARG = Param("Name of the node (default: this host).", positional=True, complete="node", cli_default=this_node)
+
+
+def _int(text: str | None) -> int | None:
+    try:
+        return int(text) if text not in (None, "") else None
+    except ValueError:
+        return None
+
+
+def _float(text: str | None) -> float | None:
+    try:
+        return float(text) if text not in (None, "") else None
+    except ValueError:
+        return None
+
+
+def node_object(name: str, values: dict[str, str | None]) -> dict[str, Any]:
+    """A node in the original's shape (its §2.7.1), with numbers as numbers and gaps as null."""
+    static = (values.get("staticdata") or "").split()
+    static += [None] * (4 - len(static))
+    cpu_count = _int(static[0])
+    return {
+        "name": name,
+        "daemon_state": values.get("daemonstate"),
+        "coordinator_state": values.get("routerstate"),
+        "domain_state": values.get("domainstate"),
+        "cpu_count": cpu_count,
+        "kernel": static[1],
+        "os": static[2],
+        "arch": static[3],
+        "load": _float(values.get("cpuload")),
+        "domains_count": _int(values.get("domainscount")),
+        "running_domains": (values.get("runningdomains") or "").split(),
+        "vcpu": {"total": cpu_count, "allocated": _int(values.get("vcpualloc"))},
+        "memory": {
+            "total": _int(values.get("memtotal")),
+            "allocated": _int(values.get("memalloc")),
+            "used": _int(values.get("memused")),
+            "free": _int(values.get("memfree")),
+        },
+    }
+
+
+def node_names(core: Cluster) -> list[str]:
+    """Names of all nodes, sorted."""
+    try:
+        return core.store.children(schema.NODES)
+    except NotFound:
+        raise InvalidState(f"The cluster in {core.store.describe()} is not initialised; run 'pvc init'.") from None
+
+
+def read_nodes(core: Cluster, names: list[str], fields: tuple[str, ...] = schema.NODE_FIELDS) -> dict[str, dict[str, str | None]]:
+    """The given fields of many nodes in one batch; nodes that do not exist are left out."""
+    paths = [schema.node(n) for n in names] + [schema.node_key(n, f) for n in names for f in fields]
+    entries = core.store.get_many(paths)
+    found = {}
+    for n in names:
+        if entries[schema.node(n)] is None:
+            continue
+        found[n] = {f: _value(entries[schema.node_key(n, f)]) for f in fields}
+    return found
+
+
+def _value(entry: Entry | None) -> str | None:
+    return None if entry is None else entry.value
+
+
+def _one(core: Cluster, node: str, fields: tuple[str, ...] = schema.NODE_FIELDS) -> dict[str, str | None]:
+    schema.validate_name("node", node)
+    found = read_nodes(core, [node], fields)
+    if node not in found:
+        raise NotFound(f"Node {quote(node)} not found.")
+    return found[node]
+
+
+@completer("node")
+def complete_nodes(core: Cluster, incomplete: str) -> list[str]:
+    return [n for n in node_names(core) if n.startswith(incomplete)]
+
+
+@operation("node", "list", "GET", "/node", result="list", render="node_list",
+           params={"limit": Param("Show only nodes whose name matches this fuzzy regex.", positional=True)})
+def list_nodes(core: Cluster, limit: str | None = None) -> list[dict[str, Any]]:
+    """List the nodes of the cluster.
+
+    LIMIT is the original's fuzzy regex: a substring unless it starts with ^ or contains $.
+    """
+    found = read_nodes(core, select(node_names(core), limit))
+    return [node_object(n, values) for n, values in sorted(found.items())]
+
+
+@operation("node", "info", "GET", "/node/<node>", result="list", render="node_info", params={"node": LOCAL_NODE_ARG})
+def get_node(core: Cluster, node: str) -> list[dict[str, Any]]:
+    """Show one node (exact name)."""
+    return [node_object(node, _one(core, node))]
+
+
+def _state(core: Cluster, node: str, field: str, key: str) -> dict[str, Any]:
+    return {"name": node, key: _one(core, node, (field,))[field]}
+
+
+@operation("node", "daemon-state", "GET", "/node/<node>/daemon-state", result="object", render="state",
+           params={"node": NODE_ARG})
+def get_daemon_state(core: Cluster, node: str) -> dict[str, Any]:
+    """Show the daemon state of a node (init, run, shutdown, stop, dead)."""
+    return _state(core, node, "daemonstate", "daemon_state")
+
+
+@operation("node", "coordinator-state", "GET", "/node/<node>/coordinator-state", result="object", render="state",
+           params={"node": NODE_ARG})
+def get_coordinator_state(core: Cluster, node: str) -> dict[str, Any]:
+    """Show the coordinator state of a node (client, secondary, primary)."""
+    return _state(core, node, "routerstate", "coordinator_state")
+
+
+@operation("node", "domain-state", "GET", "/node/<node>/domain-state", result="object", render="state",
+           params={"node": NODE_ARG})
+def get_domain_state(core: Cluster, node: str) -> dict[str, Any]:
+    """Show the domain state of a node (flushed, flush, unflush, ready)."""
+    return _state(core, node, "domainstate", "domain_state")
+
+
+@operation(
+    "node", "set-coordinator-state", "POST", "/node/<node>/coordinator-state",
+    params={
+        "node": NODE_ARG,
+        "state": Param("The new coordinator state.", kind="choice", choices=("primary", "secondary"), http="coordinator-state"),
+    },
+    variants=(
+        Variant("primary", {"state": "primary"}, "Make a coordinator node the primary coordinator."),
+        Variant("secondary", {"state": "secondary"}, "Make the primary coordinator node a secondary one."),
+    ),
+)
+def set_coordinator_state(core: Cluster, node: str, state: str) -> str:
+    """Set a coordinator node primary or secondary.
+
+    The node must exist, be a coordinator and have a running daemon. Becoming primary moves
+    /primary_node to the node; becoming secondary clears it so that another coordinator takes
+    over. Asking for the state the node is already in changes nothing.
+    """
+    values = _one(core, node, ("daemonmode", "daemonstate", "routerstate"))
+    if values["daemonmode"] != "coordinator":
+        raise InvalidState(f"Node {quote(node)} is not a coordinator; only coordinators can be primary or secondary.")
+    if values["daemonstate"] != "run":
+        raise InvalidState(f"Node {quote(node)} is not running (its daemon state is {quote(values['daemonstate'])}).")
+    primary = core.store.get(schema.PRIMARY_NODE)
+    if state == "primary":
+        if primary.value == node:
+            return f"Node {quote(node)} is already the primary coordinator; nothing changed."
+        new = node
+        message = f"Setting node {quote(node)} as the primary coordinator."
+    else:
+        if primary.value != node:
+            return f"Node {quote(node)} is already a secondary coordinator; nothing changed."
+        new = schema.NO_PRIMARY
+        message = f"Setting node {quote(node)} as a secondary coordinator."
+    # At the version we read: a concurrent switch makes this one fail instead of both landing.
+    core.store.commit([Set(schema.PRIMARY_NODE, new, primary.version)])
+    return message
+
+
+def wait_domain_state(core: Cluster, node: str, state: str, timeout: float | None = None) -> str:
+    """Wait until the node's agent reports the result of a flush (``flushed``) or ready (``ready``)."""
+    _, done = DOMAIN_REQUESTS[state]
+    path = schema.node_key(node, "domainstate")
+    current: dict[str, str | None] = {}
+
+    def reached() -> bool:
+        entry = core.store.get_many([path])[path]
+        if entry is None:
+            raise NotFound(f"Node {quote(node)} not found.")
+        current["state"] = entry.value
+        return entry.value == done
+
+    timeout = core.settings.wait_timeout if timeout is None else timeout
+    core.store.wait_for(
+        [path], reached, timeout,
+        describe=lambda: f"node {quote(node)} still reports domain state {quote(current.get('state'))}, not {quote(done)}.",
+    )
+    return f"Node {quote(node)} reports domain state {quote(done)}."
+
+
+@operation(
+    "node", "set-domain-state", "POST", "/node/<node>/domain-state",
+    params={
+        "node": LOCAL_NODE_ARG,
+        "state": Param("The new domain state.", kind="choice", choices=tuple(DOMAIN_REQUESTS), http="domain-state"),
+    },
+    variants=(
+        Variant("flush", {"state": "flush"}, "Flush a node: move its running VMs away.", wait=wait_domain_state),
+        Variant("ready", {"state": "ready"}, "Return a flushed node to service.", aliases=("unflush",), wait=wait_domain_state),
+    ),
+)
+def set_domain_state(core: Cluster, node: str, state: str) -> str:
+    """Flush a node of its VMs, or make it ready for VMs again.
+
+    Writes `flush` or `unflush` for the node agent to carry out; it reports `flushed` or `ready`
+    when done. Asking again while a change is still in progress starts it afresh; asking for the
+    state the node has already reached changes nothing.
+    """
+    request, done = DOMAIN_REQUESTS[state]
+    path = schema.node_key(node, "domainstate")
+    entries = core.store.get_many([schema.node(node), path])
+    if entries[schema.node(node)] is None:
+        raise NotFound(f"Node {quote(node)} not found.")
+    entry = entries[path]
+    if entry is not None and entry.value == done:
+        return f"Node {quote(node)} is already {done}; nothing changed."
+    # At the version we read, so a report from the agent in between is not overwritten blindly.
+    core.store.commit([Create(path, request) if entry is None else Set(path, request, entry.version)])
+    if state == "flush":
+        return f"Flushing node {quote(node)} of running VMs."
+    return f"Restoring node {quote(node)} to active service."

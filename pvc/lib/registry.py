@@ -1,0 +1,231 @@
+"""Each operation is declared once, beside its function; the CLI and the HTTP routes derive from it.
+
+A declaration holds only what the function's signature cannot say: the command's place in the
+tree (group and verb), the HTTP method and path, and for each value its help, kind and choices.
+Names, defaults and whether a value is required come from the signature itself. The Click
+commands (:mod:`pvc.cli.build`) and the Bottle routes (:mod:`pvc.server.routes`) are built by
+walking :data:`OPERATIONS`; both convert values with :func:`convert`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Mapping
+
+from pvc.lib.errors import InvalidArgument, quote
+
+TRUE_WORDS = ("", "1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
+KINDS = ("str", "int", "float", "flag", "choice")
+RESULTS = ("message", "list", "object")
+
+_REQUIRED = inspect.Parameter.empty
+
+
+@dataclass(frozen=True)
+class Param:
+    """One value of an operation."""
+
+    help: str
+    kind: str = "str"
+    choices: tuple[str, ...] = ()
+    #: Name of the HTTP value when it differs from the Python name (the manual's `domain-state`).
+    http: str | None = None
+    #: CLI: a positional argument instead of an --option.
+    positional: bool = False
+    #: CLI: a short option such as "-t".
+    short: str | None = None
+    #: Name of a completer (see :func:`completer`) offering values in the shell.
+    complete: str | None = None
+    #: CLI: a function giving the value when the command line leaves it out (e.g. this host).
+    cli_default: Callable[[], str] | None = None
+    # Filled in from the function's signature:
+    name: str = ""
+    required: bool = False
+    default: Any = None
+
+    @property
+    def http_name(self) -> str:
+        return self.http or self.name
+
+    @property
+    def metavar(self) -> str:
+        return self.name.upper()
+
+
+@dataclass(frozen=True)
+class Variant:
+    """An extra CLI command for an operation with some values fixed (`pvc node flush` is the
+    domain-state operation with ``state="flush"``)."""
+
+    verb: str
+    fixed: Mapping[str, Any]
+    help: str
+    aliases: tuple[str, ...] = ()
+    #: A library function ``wait(core, **values, timeout=...)`` offered as ``--wait``.
+    wait: Callable[..., str] | None = None
+
+
+@dataclass(frozen=True)
+class Operation:
+    """The declaration of one operation."""
+
+    name: str
+    group: tuple[str, ...]
+    verb: str
+    method: str
+    #: Path under /api/v1 with Bottle wildcards named like the parameters; None: no HTTP route.
+    path: str | None
+    func: Callable[..., Any]
+    params: tuple[Param, ...]
+    result: str
+    render: str | None = None
+    destructive: bool = False
+    variants: tuple[Variant, ...] = ()
+    #: Why there is no route (http=False) or no command (cli=False); required with either.
+    http_reason: str | None = None
+    cli: bool = True
+    cli_reason: str | None = None
+
+    @property
+    def mutating(self) -> bool:
+        return self.method != "GET"
+
+    @property
+    def help(self) -> str:
+        return inspect.cleandoc(self.func.__doc__ or "")
+
+    @property
+    def summary(self) -> str:
+        return self.help.split("\n", 1)[0]
+
+    @property
+    def path_params(self) -> tuple[str, ...]:
+        return tuple(re.findall(r"<(\w+)>", self.path or ""))
+
+    def param(self, name: str) -> Param:
+        for p in self.params:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+
+#: Every declared operation, in declaration order.
+OPERATIONS: dict[str, Operation] = {}
+#: Value completers by name: ``fn(core, incomplete) -> list[str]``.
+COMPLETERS: dict[str, Callable[[Any, str], list[str]]] = {}
+
+
+def operation(
+    group: str,
+    verb: str,
+    method: str = "GET",
+    path: str | None = None,
+    params: Mapping[str, Param] | None = None,
+    result: str = "message",
+    render: str | None = None,
+    destructive: bool = False,
+    variants: tuple[Variant, ...] = (),
+    http_reason: str | None = None,
+    cli: bool = True,
+    cli_reason: str | None = None,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Declare the decorated function as an operation and file it in :data:`OPERATIONS`."""
+
+    def register(func: Callable[..., Any]) -> Callable[..., Any]:
+        groups = tuple(group.split())
+        name = ".".join(groups + (verb,))
+        declared = dict(params or {})
+        signature = list(inspect.signature(func).parameters.values())[1:]  # the first is the core
+        undeclared = [p.name for p in signature if p.name not in declared]
+        unknown = sorted(set(declared) - {p.name for p in signature})
+        if undeclared or unknown:
+            raise TypeError(f"{name}: parameters {undeclared} are not declared, {unknown} are not in the signature")
+        built = []
+        for p in signature:
+            spec = declared[p.name]
+            if spec.kind not in KINDS or (spec.kind == "choice") != bool(spec.choices):
+                raise TypeError(f"{name}: bad kind {spec.kind!r} for {p.name}")
+            built.append(
+                replace(spec, name=p.name, required=p.default is _REQUIRED, default=None if p.default is _REQUIRED else p.default)
+            )
+        if result not in RESULTS or method not in ("GET", "POST", "PUT", "DELETE"):
+            raise TypeError(f"{name}: bad result {result!r} or method {method!r}")
+        if path is None and not http_reason:
+            raise TypeError(f"{name}: an operation without a route must say why (http_reason)")
+        op = Operation(
+            name=name,
+            group=groups,
+            verb=verb,
+            method=method,
+            path=path,
+            func=func,
+            params=tuple(built),
+            result=result,
+            render=render,
+            destructive=destructive,
+            variants=variants,
+            http_reason=http_reason,
+            cli=cli,
+            cli_reason=cli_reason,
+        )
+        missing = [w for w in op.path_params if w not in {p.name for p in op.params}]
+        if missing:
+            raise TypeError(f"{name}: path wildcards {missing} are not parameters")
+        if name in OPERATIONS:
+            raise TypeError(f"{name}: declared twice")
+        OPERATIONS[name] = op
+        func.operation = op  # type: ignore[attr-defined]
+        return func
+
+    return register
+
+
+def completer(name: str) -> Callable[[Callable[[Any, str], list[str]]], Callable[[Any, str], list[str]]]:
+    """Register a function that lists values of one kind (node names, ...) for shell completion."""
+
+    def register(func: Callable[[Any, str], list[str]]) -> Callable[[Any, str], list[str]]:
+        COMPLETERS[name] = func
+        return func
+
+    return register
+
+
+def convert(param: Param, raw: Any) -> Any:
+    """Turn a text value from the command line, a query string, a form or JSON into the
+    parameter's type; InvalidArgument names the value and what is wrong with it."""
+    label = f"Invalid value for {quote(param.http_name)}"
+    if param.kind == "flag":
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in TRUE_WORDS:
+            return True
+        if text in FALSE_WORDS:
+            return False
+        raise InvalidArgument(f"{label}: {quote(raw)} is not one of 1, true, yes, on, 0, false, no, off.")
+    if isinstance(raw, (dict, list)) or raw is None:
+        raise InvalidArgument(f"{label}: expected a single value.")
+    if param.kind == "int":
+        try:
+            return int(str(raw).strip())
+        except ValueError:
+            raise InvalidArgument(f"{label}: {quote(raw)} is not an integer.") from None
+    if param.kind == "float":
+        try:
+            return float(str(raw).strip())
+        except ValueError:
+            raise InvalidArgument(f"{label}: {quote(raw)} is not a number.") from None
+    text = str(raw)
+    if param.kind == "choice" and text not in param.choices:
+        raise InvalidArgument(f"{label}: {quote(text)} is not one of {', '.join(param.choices)}.")
+    return text
+
+
+def load_all() -> dict[str, Operation]:
+    """Import every operation module so that :data:`OPERATIONS` is complete."""
+    import pvc.lib.ops  # noqa: F401  (the import registers the declarations)
+
+    return OPERATIONS

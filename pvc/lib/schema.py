@@ -1,0 +1,106 @@
+"""The key layout of the cluster tree: the original PVC's, so tools that read its tree read ours.
+
+Nothing outside this module spells a key path. Every name that becomes a path component passes
+:func:`validate_name` first, so a hostile name is a clear error and never a different key.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+
+from pvc.lib.errors import InvalidArgument, quote
+
+MAX_NAME_BYTES = 255
+
+NODES = "/nodes"
+PRIMARY_NODE = "/primary_node"
+DOMAINS = "/domains"
+NETWORKS = "/networks"
+CEPH = "/ceph"
+
+#: The root tree `pvc init` creates (original §3.2), parents before children.
+ROOT_TREE: tuple[tuple[str, str], ...] = (
+    (NODES, ""),
+    (PRIMARY_NODE, "none"),
+    (DOMAINS, ""),
+    (NETWORKS, ""),
+    (CEPH, ""),
+    (CEPH + "/osds", ""),
+    (CEPH + "/pools", ""),
+    (CEPH + "/volumes", ""),
+    (CEPH + "/snapshots", ""),
+)
+
+#: Keys that `pvc init --yes` removes before re-creating the root tree.
+ROOTS = (NODES, PRIMARY_NODE, DOMAINS, NETWORKS, CEPH)
+
+#: Value of /primary_node when no node is primary.
+NO_PRIMARY = "none"
+
+#: The children of /nodes/<name> (original §3.4) that pvc writes and reads. The original also
+#: stored IPMI credentials in clear text here (its bug S8); pvc does not.
+NODE_FIELDS = (
+    "daemonmode",
+    "daemonstate",
+    "routerstate",
+    "domainstate",
+    "staticdata",
+    "memtotal",
+    "memused",
+    "memfree",
+    "memalloc",
+    "vcpualloc",
+    "cpuload",
+    "domainscount",
+    "runningdomains",
+    "networkscount",
+    "keepalive",
+)
+
+
+def validate_name(kind: str, value: object) -> str:
+    """Return ``value`` if it can be one path component, else raise InvalidArgument.
+
+    A name must be a non-empty string of at most 255 UTF-8 bytes, without ``/``, not ``.`` or
+    ``..``, and without control characters.
+    """
+    if not isinstance(value, str) or value == "":
+        raise InvalidArgument(f"Invalid {kind} name: it must not be empty.")
+    if "/" in value:
+        raise InvalidArgument(f"Invalid {kind} name {quote(value)}: it must not contain '/'.")
+    if value in (".", ".."):
+        raise InvalidArgument(f"Invalid {kind} name {quote(value)}: '.' and '..' are not names.")
+    if any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in value):
+        raise InvalidArgument(f"Invalid {kind} name {quote(value)}: it must not contain control characters.")
+    if len(value.encode("utf-8")) > MAX_NAME_BYTES:
+        raise InvalidArgument(f"Invalid {kind} name: it is longer than {MAX_NAME_BYTES} bytes.")
+    return value
+
+
+def node(name: str) -> str:
+    """/nodes/<name>: its value is the node's daemon mode."""
+    return f"{NODES}/{validate_name('node', name)}"
+
+
+def node_key(name: str, field: str) -> str:
+    """/nodes/<name>/<field> for one of NODE_FIELDS."""
+    if field not in NODE_FIELDS:
+        raise ValueError(f"unknown node field {field!r}")  # a programming error, not user input
+    return f"{node(name)}/{field}"
+
+
+def parent(path: str) -> str:
+    """The parent key of ``path`` ('/' for a top-level key)."""
+    head = path.rsplit("/", 1)[0]
+    return head or "/"
+
+
+def check_path(path: str) -> str:
+    """Check a full key path built by this module (absolute, no empty or dot components)."""
+    if path == "/":
+        return path
+    if not path.startswith("/") or path.endswith("/"):
+        raise InvalidArgument(f"Invalid key path {quote(path)}.")
+    for part in path[1:].split("/"):
+        validate_name("key", part)
+    return path

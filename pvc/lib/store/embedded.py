@@ -1,0 +1,277 @@
+"""The embedded engine: the whole tree in one SQLite file (WAL), for a single host with no set-up.
+
+Several processes (the CLI, `pvc serve`, the node agent) can open the file at once: writes take
+SQLite's write lock (``BEGIN IMMEDIATE``) so each transaction checks its conditions and applies
+its operations with nobody in between. Every key keeps a data version and a child version, as
+in ZooKeeper, and the number of the transaction that last changed it (its "zxid"). Watches work
+across processes: a watcher thread notices commits from any connection through
+``PRAGMA data_version`` and compares those numbers for the watched keys.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from typing import Callable, Iterable, Sequence
+
+from pvc.lib.errors import AlreadyExists, Conflict, NotFound, Unavailable
+from pvc.lib.schema import check_path, parent
+from pvc.lib.store.base import Check, Create, Delete, Entry, Op, Set, Store, WatchHandle
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS keys (
+    path TEXT PRIMARY KEY,
+    parent TEXT NOT NULL,
+    value TEXT NOT NULL,
+    version INTEGER NOT NULL DEFAULT 0,
+    mzxid INTEGER NOT NULL DEFAULT 0,  -- transaction that last wrote the value (as ZooKeeper's)
+    pzxid INTEGER NOT NULL DEFAULT 0   -- transaction that last added or removed a child
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS keys_parent ON keys (parent);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO meta (name, value) VALUES ('zxid', 0);
+INSERT OR IGNORE INTO keys (path, parent, value) VALUES ('/', '', '');
+"""
+
+# SQLite's limit on bound variables is at least 32766 in the versions Python ships; stay well below.
+_CHUNK = 900
+#: How often the watcher thread asks SQLite whether another connection committed.
+_POLL = 0.05
+
+
+class EmbeddedStore(Store):
+    engine = "embedded"
+
+    def __init__(self, path: str, timeout: float = 5.0):
+        super().__init__()
+        self.path = os.path.abspath(os.path.expanduser(path))
+        self.timeout = timeout
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        self._watches: dict[int, tuple[list[str], bool, Callable[[str], None]]] = {}
+        self._watch_ids = 0
+        self._watcher: threading.Thread | None = None
+        self._wake = threading.Event()
+        try:
+            os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+            conn = self._conn()
+            conn.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as e:
+            raise Unavailable(f"Cannot open the embedded store {self.path}: {e}") from None
+
+    # -- connections --------------------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        with self._lock:
+            self._connections.append(conn)
+        return conn
+
+    def _conn(self) -> sqlite3.Connection:
+        """One connection per thread, kept for the life of the store."""
+        if self._closed:
+            raise Unavailable("The embedded store is closed.")
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._connect()
+        return conn
+
+    def _run(self, fn: Callable[[sqlite3.Connection], object]) -> object:
+        self.round_trips += 1
+        try:
+            return fn(self._conn())
+        except sqlite3.DatabaseError as e:
+            raise Unavailable(f"The embedded store {self.path} is not usable: {e}") from None
+
+    # -- reads --------------------------------------------------------------------------------
+    def get_many(self, paths: Sequence[str]) -> dict[str, Entry | None]:
+        paths = list(dict.fromkeys(paths))
+        for path in paths:
+            check_path(path)
+
+        def read(conn: sqlite3.Connection) -> dict[str, Entry | None]:
+            found: dict[str, Entry | None] = dict.fromkeys(paths)
+            conn.execute("BEGIN")  # one snapshot for every chunk
+            try:
+                for i in range(0, len(paths), _CHUNK):
+                    chunk = paths[i : i + _CHUNK]
+                    marks = ",".join("?" * len(chunk))
+                    for path, value, version in conn.execute(
+                        f"SELECT path, value, version FROM keys WHERE path IN ({marks})", chunk
+                    ):
+                        found[path] = Entry(value, version)
+            finally:
+                conn.execute("COMMIT")
+            return found
+
+        return self._run(read)  # type: ignore[return-value]
+
+    def children(self, path: str) -> list[str]:
+        check_path(path)
+
+        def read(conn: sqlite3.Connection) -> list[str]:
+            conn.execute("BEGIN")
+            try:
+                if conn.execute("SELECT 1 FROM keys WHERE path = ?", (path,)).fetchone() is None:
+                    raise NotFound(f"Key {path} does not exist.")
+                rows = conn.execute("SELECT path FROM keys WHERE parent = ?", (path,)).fetchall()
+            finally:
+                conn.execute("COMMIT")
+            return sorted(p.rsplit("/", 1)[1] for (p,) in rows)
+
+        return self._run(read)  # type: ignore[return-value]
+
+    def subtree(self, path: str) -> list[str]:
+        check_path(path)
+        prefix = "/" if path == "/" else path + "/"
+
+        def read(conn: sqlite3.Connection) -> list[str]:
+            conn.execute("BEGIN")
+            try:
+                if conn.execute("SELECT 1 FROM keys WHERE path = ?", (path,)).fetchone() is None:
+                    raise NotFound(f"Key {path} does not exist.")
+                # '0' is the character after '/', so this range is exactly the keys below `path`.
+                rows = conn.execute(
+                    "SELECT path FROM keys WHERE path > ? AND path < ?", (prefix, prefix[:-1] + "0")
+                ).fetchall()
+            finally:
+                conn.execute("COMMIT")
+            below = sorted((p for (p,) in rows), key=lambda p: (p.count("/"), p))
+            return [path] + below
+
+        return self._run(read)  # type: ignore[return-value]
+
+    # -- writes -------------------------------------------------------------------------------
+    def commit(self, ops: Sequence[Op]) -> None:
+        for op in ops:
+            check_path(op.path)
+
+        def apply(conn: sqlite3.Connection) -> None:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                (zxid,) = conn.execute(
+                    "UPDATE meta SET value = value + 1 WHERE name = 'zxid' RETURNING value"
+                ).fetchone()
+                for op in ops:
+                    _apply(conn, op, zxid)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+        self._run(apply)
+        self._wake.set()
+
+    # -- watches ------------------------------------------------------------------------------
+    def watch(self, paths: Iterable[str], callback: Callable[[str], None], children: bool = False) -> WatchHandle:
+        paths = [check_path(p) for p in paths]
+        with self._lock:
+            self._watch_ids += 1
+            wid = self._watch_ids
+            self._watches[wid] = (paths, children, callback)
+            if self._watcher is None:
+                self._watcher = threading.Thread(target=self._watch_loop, name="pvc-embedded-watch", daemon=True)
+                self._watcher.start()
+        self._wake.set()
+
+        def cancel() -> None:
+            with self._lock:
+                self._watches.pop(wid, None)
+
+        return WatchHandle(cancel)
+
+    def _watch_loop(self) -> None:
+        conn = self._connect()
+        seen: dict[str, tuple[int, int] | None] = {}
+        last_version = None
+        while not self._closed:
+            self._wake.wait(_POLL)
+            self._wake.clear()
+            with self._lock:
+                watches = list(self._watches.values())
+            if not watches:
+                continue
+            try:
+                data_version = conn.execute("PRAGMA data_version").fetchone()[0]
+                paths = sorted({p for ps, _, _ in watches for p in ps})
+                fresh = [p for p in paths if p not in seen]
+                if data_version == last_version and not fresh:
+                    continue
+                last_version = data_version
+                state: dict[str, tuple[int, int] | None] = dict.fromkeys(paths)
+                for i in range(0, len(paths), _CHUNK):
+                    chunk = paths[i : i + _CHUNK]
+                    marks = ",".join("?" * len(chunk))
+                    for path, mzxid, pzxid in conn.execute(
+                        f"SELECT path, mzxid, pzxid FROM keys WHERE path IN ({marks})", chunk
+                    ):
+                        state[path] = (mzxid, pzxid)
+            except sqlite3.Error:
+                continue  # the file is busy or gone for a moment; look again on the next round
+            for path in fresh:
+                seen[path] = state[path]  # a new watch starts from the current state
+            changed_data = {p for p in paths if p not in fresh and _data(seen.get(p)) != _data(state[p])}
+            changed_children = {p for p in paths if p not in fresh and seen.get(p) != state[p]}
+            seen = state
+            for watched, children, callback in watches:
+                for path in watched:
+                    if path in changed_data or (children and path in changed_children):
+                        callback(path)
+        conn.close()
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def describe(self) -> str:
+        return f"embedded store {self.path}"
+
+    def close(self) -> None:
+        self._closed = True
+        self._wake.set()
+        if self._watcher is not None and self._watcher is not threading.current_thread():
+            self._watcher.join(timeout=2)
+        with self._lock:
+            connections, self._connections = self._connections, []
+        for conn in connections:
+            try:
+                conn.close()
+            except sqlite3.Error:
+                pass
+
+
+def _data(state: tuple[int, int] | None) -> int | None:
+    return None if state is None else state[0]
+
+
+def _apply(conn: sqlite3.Connection, op: Op, zxid: int) -> None:
+    """Check one operation's condition and apply it inside the open transaction."""
+    row = conn.execute("SELECT version FROM keys WHERE path = ?", (op.path,)).fetchone()
+    if isinstance(op, Create):
+        if row is not None:
+            raise AlreadyExists(f"Key {op.path} already exists.")
+        up = parent(op.path)
+        if conn.execute("SELECT 1 FROM keys WHERE path = ?", (up,)).fetchone() is None:
+            raise NotFound(f"Cannot create {op.path}: {up} does not exist.")
+        conn.execute(
+            "INSERT INTO keys (path, parent, value, mzxid, pzxid) VALUES (?, ?, ?, ?, ?)",
+            (op.path, up, op.value, zxid, zxid),
+        )
+        conn.execute("UPDATE keys SET pzxid = ? WHERE path = ?", (zxid, up))
+        return
+    if row is None:
+        raise NotFound(f"Key {op.path} does not exist.")
+    if op.version is not None and row[0] != op.version:
+        raise Conflict(f"Key {op.path} was changed by somebody else (version {row[0]}, expected {op.version}).")
+    if isinstance(op, Set):
+        conn.execute(
+            "UPDATE keys SET value = ?, version = version + 1, mzxid = ? WHERE path = ?", (op.value, zxid, op.path)
+        )
+    elif isinstance(op, Delete):
+        if conn.execute("SELECT 1 FROM keys WHERE parent = ? LIMIT 1", (op.path,)).fetchone():
+            raise Conflict(f"Key {op.path} still has children.")
+        conn.execute("DELETE FROM keys WHERE path = ?", (op.path,))
+        conn.execute("UPDATE keys SET pzxid = ? WHERE path = ?", (zxid, parent(op.path)))
+    elif not isinstance(op, Check):
+        raise TypeError(f"unknown store operation {op!r}")

@@ -1,0 +1,1 @@
+"""`pvc serve`: the library's operations as HTTP routes (Bottle on cheroot)."""

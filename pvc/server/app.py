@@ -1,0 +1,160 @@
+"""create_app: a fresh Bottle app with every operation route, auth and the HTTP contract.
+
+One plugin enforces the contract for every route: authentication first, then the call, then
+JSON out, with our errors mapped to statuses in one table (:mod:`pvc.server.errors`). Bottle's
+own errors (unknown route, wrong method) are JSON too, never an HTML page.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable, Iterable
+
+import bottle
+
+from pvc import __version__
+from pvc.lib.core import Cluster
+from pvc.lib.errors import AuthenticationError, PvcError
+from pvc.lib.registry import load_all
+from pvc.server.auth import COOKIE, HEADER, Authenticator
+from pvc.server.errors import dumps, error_body, status_for
+from pvc.server.routes import PREFIX, add_routes
+from pvc.server.values import MAX_BODY, request_values
+
+log = logging.getLogger("pvc.server")
+access = logging.getLogger("pvc.access")
+
+LOGIN_FORM = """<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>PVC API login</title></head>
+<body><h1>PVC API login</h1>
+<form method="post" action="/api/v1/auth/login">
+<label>Token <input type="password" name="token" autocomplete="off" autofocus></label>
+<button type="submit">Log in</button>
+</form></body></html>
+"""
+
+
+class ContractPlugin:
+    """Authentication, error mapping and JSON for every route."""
+
+    name = "pvc-contract"
+    api = 2
+
+    def __init__(self, auth: Authenticator, pretty: bool):
+        self.auth = auth
+        self.pretty = pretty
+
+    def json(self, data: Any, status: int = 200) -> bottle.HTTPResponse:
+        return bottle.HTTPResponse(dumps(data, self.pretty), status, {"Content-Type": "application/json"})
+
+    def apply(self, callback: Callable[..., Any], route: bottle.Route) -> Callable[..., Any]:
+        public = route.config.get("pvc_public", False)
+        mutating = route.method != "GET"
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                if not public:
+                    self.auth.check(bottle.request.get_cookie(COOKIE), bottle.request.get_header(HEADER))
+                out = callback(*args, **kwargs)
+            except bottle.HTTPResponse:
+                raise
+            except PvcError as e:
+                status = status_for(e, mutating)
+                return self.json(error_body(e.message, status, e.kind), status)
+            except Exception:
+                log.exception("Unexpected error in %s %s", bottle.request.method, bottle.request.path)
+                return self.json(error_body("Internal server error; see the server log.", 500, "internal"), 500)
+            if isinstance(out, (dict, list)):
+                return self.json(out)
+            return out
+
+        return wrapper
+
+
+def create_app(core: Cluster) -> bottle.Bottle:
+    """A new Bottle app serving the whole API for ``core``."""
+    settings = core.settings
+    # A VM's XML may exceed Bottle's 100 KiB default for bodies read into memory.
+    bottle.BaseRequest.MEMFILE_MAX = MAX_BODY
+    app = bottle.Bottle()
+    auth = Authenticator(settings)
+    plugin = ContractPlugin(auth, pretty=settings.debug)
+    app.install(plugin)
+
+    def error_handler(res: bottle.HTTPError) -> str:
+        bottle.response.content_type = "application/json"
+        if res.status_code == 404:
+            message = f"Not found: {bottle.request.path}"
+        elif res.status_code == 405:
+            message = f"Method {bottle.request.method} not allowed on {bottle.request.path}"
+        else:
+            message = str(res.body) if res.status_code < 500 else "Internal server error; see the server log."
+            if res.traceback:
+                log.error("Unexpected error in %s %s:\n%s", bottle.request.method, bottle.request.path, res.traceback)
+        return dumps(error_body(message, res.status_code, "http"), settings.debug)
+
+    app.default_error_handler = error_handler  # type: ignore[method-assign]
+
+    @app.get(PREFIX, pvc_public=True)
+    def root() -> bottle.HTTPResponse:
+        return plugin.json({"message": "PVC API version 1", "version": __version__}, 209)
+
+    def disabled() -> bottle.HTTPResponse | None:
+        return None if auth.enabled else plugin.json({"message": "Authentication is disabled."})
+
+    @app.get(PREFIX + "/auth/login", pvc_public=True)
+    def login_form() -> Any:
+        if not auth.enabled:
+            return disabled()
+        bottle.response.content_type = "text/html; charset=utf-8"
+        return LOGIN_FORM
+
+    @app.post(PREFIX + "/auth/login", pvc_public=True)
+    def login() -> Any:
+        if not auth.enabled:
+            return disabled()
+        token = request_values(bottle.request).get("token")
+        if not isinstance(token, str) or not auth.token_ok(token):
+            raise AuthenticationError("Authentication failed")
+        res = plugin.json({"message": "Authenticated; the session lasts "
+                                      f"{settings.session_lifetime} seconds."})
+        res.set_cookie(COOKIE, auth.new_session(token), **auth.cookie_attributes())
+        return res
+
+    @app.route(PREFIX + "/auth/logout", method=["GET", "POST"], pvc_public=True)
+    def logout() -> Any:
+        if not auth.enabled:
+            return disabled()
+        cookie = bottle.request.get_cookie(COOKIE)
+        if cookie:
+            auth.revoke(cookie)
+        res = plugin.json({"message": "Logged out."})
+        res.delete_cookie(COOKIE, path="/api/v1")
+        return res
+
+    add_routes(app, core, load_all())
+    return app
+
+
+def with_access_log(app: Callable[..., Iterable[bytes]]) -> Callable[..., Iterable[bytes]]:
+    """WSGI middleware writing one line per request: method, path, status, milliseconds.
+
+    The path is logged without its query string, and no header is logged, so no token is."""
+
+    def wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        started = time.perf_counter()
+        status = ["-"]
+
+        def capture(line: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            status[0] = line.split(" ", 1)[0]
+            return start_response(line, headers, exc_info)
+
+        try:
+            return app(environ, capture)
+        finally:
+            access.info("%s %s %s %.1fms %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"), status[0],
+                        (time.perf_counter() - started) * 1000, environ.get("REMOTE_ADDR", "-"))
+
+    return wsgi
+

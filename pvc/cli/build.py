@@ -12,7 +12,7 @@ from typing import Any, Callable
 import click
 
 from pvc.cli.context import CliContext, completion_core
-from pvc.cli.errors import CommandFailed
+from pvc.cli.errors import CommandFailed, Exit
 from pvc.cli.render import FORMATS, RENDERERS, render, use_colour
 from pvc.lib.errors import InvalidArgument, PvcError
 from pvc.lib.registry import COMPLETERS, Operation, Param, convert
@@ -85,6 +85,8 @@ def _command(op: Operation, verb: str, help_text: str, fixed: dict[str, Any], wa
         long = kwargs.pop("_long", False)
         waiting = kwargs.pop("_wait", False)
         timeout = kwargs.pop("_timeout", None)
+        if timeout is not None and not waiting:
+            raise click.UsageError("--timeout only applies together with --wait.", ctx)
         if op.destructive and not kwargs.pop("_yes", False):
             click.confirm(f"Really {verb}? This cannot be undone.", abort=True)
         values = {**kwargs, **fixed}
@@ -99,6 +101,9 @@ def _command(op: Operation, verb: str, help_text: str, fixed: dict[str, Any], wa
                 result = wait(core, **values, timeout=timeout)
         except PvcError as e:
             raise CommandFailed(e) from None
+        except KeyboardInterrupt:  # Click would say "Aborted!" and exit 1; the table says 130
+            click.echo("Interrupted.", err=True)
+            ctx.exit(int(Exit.INTERRUPTED))
         if op.result == "message":
             click.echo(result)
         else:

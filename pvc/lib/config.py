@@ -16,7 +16,7 @@ import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Collection, Mapping
 
 from pvc.lib.errors import ConfigError
 
@@ -227,10 +227,12 @@ _SECTIONS = {k.path.rsplit(".", 1)[0] for k in KEYS} | {"pvc.api", "pvc"}
 _SECTIONS |= {p.rsplit(".", 1)[0] for p in list(_SECTIONS) if "." in p}
 
 
-def _walk(data: Any, prefix: str, problems: list[str], found: dict[str, Any]) -> None:
-    """Flatten the mapping into dotted paths, reporting unknown keys and non-mappings."""
+def _walk(data: Any, prefix: str, problems: list[str], found: dict[str, Any], broken: list[str]) -> None:
+    """Flatten the mapping into dotted paths, reporting unknown keys and non-mappings (whose
+    paths go to ``broken``: their missing keys are not reported again, one line per mistake)."""
     if not isinstance(data, dict):
         problems.append(f"{prefix}: must be a mapping")
+        broken.append(prefix)
         return
     known = {k.path for k in KEYS}
     for name, value in data.items():
@@ -238,7 +240,7 @@ def _walk(data: Any, prefix: str, problems: list[str], found: dict[str, Any]) ->
         if path in known:
             found[path] = value
         elif path in _SECTIONS:
-            _walk(value, path, problems, found)
+            _walk(value, path, problems, found, broken)
         else:
             problems.append(f"{path}: unknown key")
 
@@ -247,24 +249,27 @@ def settings_from_mapping(data: Any, source: str, env: Mapping[str, str]) -> Set
     """Validate a parsed configuration file and build Settings, or raise ConfigError."""
     problems: list[str] = []
     found: dict[str, Any] = {}
+    broken: list[str] = []
     if not isinstance(data, dict) or set(data) != {"pvc"}:
-        extra = sorted(set(data) - {"pvc"}) if isinstance(data, dict) else []
+        extra = sorted(map(str, set(data) - {"pvc"})) if isinstance(data, dict) else []
         if extra:
             problems.extend(f"{name}: unknown key" for name in extra)
         if not isinstance(data, dict) or "pvc" not in data:
-            raise ConfigError([f"{source}: must be a mapping with a top-level 'pvc' key"])
-    _walk(data["pvc"], "pvc", problems, found)
+            raise ConfigError(problems + [f"{source}: must be a mapping with a top-level 'pvc' key"])
+    _walk(data["pvc"], "pvc", problems, found, broken)
     values: dict[str, Any] = {}
+    failed: set[str] = set()
     for key in KEYS:
         if key.path not in found:
-            if key.required:
+            if key.required and not any(key.path.startswith(b + ".") for b in broken):
                 problems.append(f"{key.path}: required key is missing")
             continue
         try:
             values[key.field] = key.check(found[key.path])
         except ValueError as e:
             problems.append(f"{key.path}: {e}")
-    problems.extend(_cross_checks(values))
+            failed.add(key.field)
+    problems.extend(_cross_checks(values, failed))
     if problems:
         raise ConfigError(problems)
     if not values.get("store_path"):
@@ -272,12 +277,12 @@ def settings_from_mapping(data: Any, source: str, env: Mapping[str, str]) -> Set
     return Settings(source=source, **values)
 
 
-def _cross_checks(values: dict[str, Any]) -> list[str]:
-    """Rules that involve more than one key."""
+def _cross_checks(values: dict[str, Any], failed: Collection[str] = ()) -> list[str]:
+    """Rules that involve more than one key; a key already reported (``failed``) is not again."""
     problems = []
     if values.get("auth_enabled"):
         tokens = values.get("tokens") or ()
-        if not tokens:
+        if not tokens and "tokens" not in failed:
             problems.append("pvc.api.authentication.tokens: at least one token is required when authentication is enabled")
         for i, token in enumerate(tokens):
             if not token.token.strip():
@@ -286,7 +291,7 @@ def _cross_checks(values: dict[str, Any]) -> list[str]:
             problems.append("pvc.api.authentication.secret_key: must not be empty when authentication is enabled")
     if values.get("ssl_enabled"):
         for name, path in (("cert_file", values.get("ssl_cert_file")), ("key_file", values.get("ssl_key_file"))):
-            if not path:
+            if not path and f"ssl_{name}" not in failed:
                 problems.append(f"pvc.api.ssl.{name}: required when pvc.api.ssl.enabled is true")
     return problems
 
@@ -311,6 +316,9 @@ def load_settings(explicit: str | None = None, env: Mapping[str, str] | None = N
             text = f.read()
     except OSError as e:
         raise ConfigError([f"{path}: cannot read the configuration file: {e.strerror or e}"])
+    except UnicodeDecodeError as e:
+        raise ConfigError([f"{path}: cannot read the configuration file: not UTF-8 text "
+                           f"(byte 0x{e.object[e.start]:02x} at offset {e.start})"])
     import yaml  # only when there is a file: keeps `pvc --help` light
 
     try:
@@ -318,6 +326,9 @@ def load_settings(explicit: str | None = None, env: Mapping[str, str] | None = N
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        if mark is None and isinstance(getattr(e, "position", None), int):  # a ReaderError: bad character
+            before = text[: e.position]
+            where = f" at line {before.count(chr(10)) + 1}, column {len(before.rsplit(chr(10), 1)[-1]) + 1}"
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise ConfigError([f"{path}: not valid YAML{where}: {problem}"])
     return settings_from_mapping(data, path, env)

@@ -62,7 +62,7 @@ def validate_name(kind: str, value: object) -> str:
     """Return ``value`` if it can be one path component, else raise InvalidArgument.
 
     A name must be a non-empty string of at most 255 UTF-8 bytes, without ``/``, not ``.`` or
-    ``..``, and without control characters.
+    ``..``, without control characters, and without the characters ZooKeeper cannot store.
     """
     if not isinstance(value, str) or value == "":
         raise InvalidArgument(f"Invalid {kind} name: it must not be empty.")
@@ -72,9 +72,21 @@ def validate_name(kind: str, value: object) -> str:
         raise InvalidArgument(f"Invalid {kind} name {quote(value)}: '.' and '..' are not names.")
     if any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in value):
         raise InvalidArgument(f"Invalid {kind} name {quote(value)}: it must not contain control characters.")
+    bad = next((c for c in value if _unstorable(c)), None)
+    if bad is not None:
+        raise InvalidArgument(
+            f"Invalid {kind} name {quote(value)}: it must not contain U+{ord(bad):04X} (characters from"
+            " U+D800 to U+F8FF and from U+FFF0 up, such as emoji, cannot be stored)."
+        )
     if len(value.encode("utf-8")) > MAX_NAME_BYTES:
         raise InvalidArgument(f"Invalid {kind} name: it is longer than {MAX_NAME_BYTES} bytes.")
     return value
+
+
+def _unstorable(c: str) -> bool:
+    """Characters ZooKeeper refuses in a path (surrogates, private use, U+FFF0 and above, which
+    includes everything outside the BMP), so both engines accept exactly the same names."""
+    return "\ud800" <= c <= "\uf8ff" or c >= "\ufff0"
 
 
 def node(name: str) -> str:

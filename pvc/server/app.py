@@ -137,6 +137,11 @@ def create_app(core: Cluster) -> bottle.Bottle:
     return app
 
 
+def _loggable(text: str) -> str:
+    """``text`` with control characters escaped, so a request cannot forge or split log lines."""
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+
+
 def with_access_log(app: Callable[..., Iterable[bytes]]) -> Callable[..., Iterable[bytes]]:
     """WSGI middleware writing one line per request: method, path, status, milliseconds.
 
@@ -153,7 +158,7 @@ def with_access_log(app: Callable[..., Iterable[bytes]]) -> Callable[..., Iterab
         try:
             return app(environ, capture)
         finally:
-            access.info("%s %s %s %.1fms %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"), status[0],
+            access.info("%s %s %s %.1fms %s", environ.get("REQUEST_METHOD"), _loggable(environ.get("PATH_INFO", "")), status[0],
                         (time.perf_counter() - started) * 1000, environ.get("REMOTE_ADDR", "-"))
 
     return wsgi

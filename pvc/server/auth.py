@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import math
 import secrets
 import threading
 import time
@@ -59,7 +60,8 @@ class Authenticator:
     # -- sessions -----------------------------------------------------------------------------
     def new_session(self, token: str) -> str:
         """The cookie value for a login with ``token`` (which must already be checked)."""
-        expiry = str(int(time.time()) + self.lifetime)
+        # Rounded up: the session lasts at least its lifetime (truncating cut up to a second off).
+        expiry = str(math.ceil(time.time() + self.lifetime))
         sid = secrets.token_urlsafe(16)
         body = f"{expiry}.{sid}.{self._fingerprint(token.encode('utf-8'))}"
         return f"{body}.{_b64(self._mac(b'session', body.encode('ascii')))}"
@@ -92,7 +94,7 @@ class Authenticator:
         now = time.time()
         with self._lock:
             self._revoked = {s: t for s, t in self._revoked.items() if t > now}  # forget expired ids
-            self._revoked[sid] = now + self.lifetime
+            self._revoked[sid] = int(cookie.split(".", 1)[0])  # until the cookie itself expires
 
     def cookie_attributes(self) -> dict[str, object]:
         attrs: dict[str, object] = {"httponly": True, "samesite": "strict", "path": "/api/v1", "max_age": self.lifetime}

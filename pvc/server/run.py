@@ -6,8 +6,11 @@ This is the only module that imports cheroot.
 from __future__ import annotations
 
 import logging
+import select
 import signal
+import socket
 import ssl
+import threading
 from typing import Callable
 
 from cheroot import wsgi
@@ -26,20 +29,28 @@ class StartupError(Exception):
     """`pvc serve` cannot start; the message says why."""
 
 
-class _Stop(BaseException):
-    """Raised by the signal handler to leave cheroot's loop (BaseException: cheroot logs and
-    swallows plain Exceptions inside its loop)."""
+class _Server(wsgi.Server):
+    @staticmethod
+    def bind_socket(socket_, bind_addr):  # type: ignore[no-untyped-def]
+        try:
+            return wsgi.Server.bind_socket(socket_, bind_addr)
+        except OSError:
+            socket_.close()  # cheroot drops the socket of a failed bind without closing it
+            raise
 
 
 def check_tls(settings: Settings) -> None:
     """Load the certificate and key once, so a bad file is a clear error before binding."""
+    # ssl reports a missing or unreadable file without its name, so each is opened first.
+    for key, path in (("cert_file", settings.ssl_cert_file), ("key_file", settings.ssl_key_file)):
+        try:
+            with open(path or "", "rb"):
+                pass
+        except OSError as e:
+            raise StartupError(f"pvc.api.ssl.{key}: cannot read {path!r}: {e.strerror or e}") from None
     try:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(settings.ssl_cert_file or "", settings.ssl_key_file or "")
-    except FileNotFoundError as e:
-        raise StartupError(f"pvc.api.ssl: cannot read {e.filename}: no such file") from None
-    except PermissionError as e:
-        raise StartupError(f"pvc.api.ssl: cannot read {e.filename}: permission denied") from None
     except (ssl.SSLError, OSError) as e:
         raise StartupError(
             f"pvc.api.ssl: cannot use certificate {settings.ssl_cert_file} with key {settings.ssl_key_file}: {e}"
@@ -52,7 +63,7 @@ def build_server(core: Cluster) -> wsgi.Server:
     if settings.ssl_enabled:
         check_tls(settings)
     host = settings.listen_address.strip("[]")
-    server = wsgi.Server((host, settings.listen_port), with_access_log(create_app(core)), numthreads=THREADS,
+    server = _Server((host, settings.listen_port), with_access_log(create_app(core)), numthreads=THREADS,
                          server_name="pvc")
     if settings.ssl_enabled:
         server.ssl_adapter = BuiltinSSLAdapter(settings.ssl_cert_file, settings.ssl_key_file)
@@ -69,21 +80,50 @@ def url_of(server: wsgi.Server, settings: Settings) -> str:
     return f"{'https' if settings.ssl_enabled else 'http'}://{host}:{port}/api/v1"
 
 
-def serve_forever(server: wsgi.Server, on_stop: Callable[[], None]) -> None:
-    """Serve in this (main) thread until SIGTERM or SIGINT, then stop cleanly."""
+def serve_forever(server: wsgi.Server, on_stop: Callable[[], None], on_ready: Callable[[], None] | None = None) -> None:
+    """Serve until SIGTERM or SIGINT, then stop cleanly. Call from the main thread.
 
-    def stop(signum: int, frame: object) -> None:
-        raise _Stop(signal.Signals(signum).name)
+    cheroot serves in a thread of its own; the signal handlers only record the signal and this
+    thread does the stopping. (Raising from a handler instead would interrupt cheroot at an
+    arbitrary point, e.g. inside its queue's lock, and can hang the shutdown.) This thread sleeps
+    in select() on a socket that the signal (through Python's wakeup fd) or the end of the
+    serving thread writes to. ``on_ready`` runs once the handlers are in place, so a signal sent
+    as soon as it announces the server is handled cleanly too."""
+    received: list[int] = []
+    failure: list[BaseException] = []
+    wake_r, wake_w = socket.socketpair()
+    wake_w.setblocking(False)
 
-    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    def record(signum: int, frame: object) -> None:
+        received.append(signum)
+
+    def run() -> None:
+        try:
+            server.serve()
+        except BaseException as e:  # reported by the main thread below
+            failure.append(e)
+        finally:
+            wake_w.send(b"x")
+
+    previous = {s: signal.signal(s, record) for s in (signal.SIGTERM, signal.SIGINT)}
+    previous_fd = signal.set_wakeup_fd(wake_w.fileno())
+    thread = threading.Thread(target=run, name="pvc-serve")
     try:
-        server.serve()
-    except _Stop as e:
-        log.info("Received %s; stopping", e)
+        thread.start()
+        if on_ready is not None:
+            on_ready()
+        select.select([wake_r], [], [])
+        if received:
+            log.info("Received %s; stopping", signal.Signals(received[0]).name)
     finally:
+        server.stop()
+        thread.join()
+        signal.set_wakeup_fd(previous_fd)
         for s, handler in previous.items():
             signal.signal(s, handler)
-        server.stop()
+        wake_r.close()
+        wake_w.close()
         on_stop()
         log.info("Stopped")
-
+    if failure:
+        raise failure[0]

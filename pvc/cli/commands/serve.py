@@ -20,7 +20,7 @@ def parse_listen(text: str) -> tuple[str, int]:
             raise ValueError(text)
         check_host(host)
     except ValueError:
-        raise click.BadParameter(f"{text!r} is not HOST:PORT (port 0 to 65535)") from None
+        raise click.BadParameter(f"{text!r} is not HOST:PORT (port 0 to 65535)", param_hint="'--listen'") from None
     return host, int(port)
 
 
@@ -67,7 +67,10 @@ def serve(obj: CliContext, listen: str | None, routes: bool) -> None:
     except StartupError as e:
         core.close()
         raise click.ClickException(str(e)) from None
-    click.echo(f"Store: {store.describe()}")
-    click.echo(f"Listening on {url_of(server, settings)}", nl=True)
-    click.get_text_stream("stdout").flush()
-    serve_forever(server, core.close)
+
+    def announce() -> None:
+        click.echo(f"Store: {store.describe()}")
+        click.echo(f"Listening on {url_of(server, settings)}", nl=True)
+        click.get_text_stream("stdout").flush()
+
+    serve_forever(server, core.close, on_ready=announce)

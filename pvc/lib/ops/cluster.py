@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pvc.lib import schema
 from pvc.lib.core import Cluster
-from pvc.lib.errors import InvalidState
+from pvc.lib.errors import AlreadyExists, InvalidState
 from pvc.lib.registry import Param, operation
-from pvc.lib.store import Create, Delete
+from pvc.lib.store import Create, Delete, open_store
 
 #: Larger removals than this are not one transaction: ZooKeeper refuses requests over ~1 MB.
 _ATOMIC_LIMIT = 5000
@@ -24,6 +24,7 @@ def init_cluster(core: Cluster, yes: bool = False) -> str:
     old tree (nodes, VMs, networks, storage records) is deleted and a new, empty one created.
     Running node agents must be restarted afterwards.
     """
+    _ensure_chroot(core)
     store = core.store
     present = [root for root, entry in store.get_many(schema.ROOTS).items() if entry is not None]
     if present and not yes:
@@ -41,3 +42,23 @@ def init_cluster(core: Cluster, yes: bool = False) -> str:
     if present:
         return f"Replaced the cluster in {store.describe()} with a new, empty one; restart any running node agents."
     return f"Initialised a new cluster in {store.describe()}."
+
+
+def _ensure_chroot(core: Cluster) -> None:
+    """Create the configured ZooKeeper chroot (pvc.store.chroot) if it does not exist yet: the
+    chrooted session cannot create its own root, so the first `pvc init` would fail otherwise."""
+    chroot = core.settings.zk_chroot
+    if core.settings.engine != "zookeeper" or not chroot or core.store.exists("/"):
+        return
+    base = open_store(core.settings.replace(zk_chroot=None))
+    try:
+        path = ""
+        for part in chroot.strip("/").split("/"):
+            path += "/" + part
+            if not base.exists(path):
+                try:
+                    base.commit([Create(path)])
+                except AlreadyExists:  # created meanwhile by another pvc init
+                    pass
+    finally:
+        base.close()

@@ -10,6 +10,7 @@ across processes: a watcher thread notices commits from any connection through
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import threading
@@ -18,6 +19,8 @@ from typing import Callable, Iterable, Sequence
 from pvc.lib.errors import AlreadyExists, Conflict, NotFound, Unavailable
 from pvc.lib.schema import check_path, parent
 from pvc.lib.store.base import Check, Create, Delete, Entry, Op, Set, Store, WatchHandle
+
+log = logging.getLogger("pvc.store")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS keys (
@@ -51,7 +54,7 @@ class EmbeddedStore(Store):
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._closed = False
-        self._watches: dict[int, tuple[list[str], bool, Callable[[str], None]]] = {}
+        self._watches: dict[int, _Watch] = {}
         self._watch_ids = 0
         self._watcher: threading.Thread | None = None
         self._wake = threading.Event()
@@ -60,13 +63,18 @@ class EmbeddedStore(Store):
             conn = self._conn()
             conn.executescript(_SCHEMA)
         except (OSError, sqlite3.Error) as e:
+            self.close()
             raise Unavailable(f"Cannot open the embedded store {self.path}: {e}") from None
 
     # -- connections --------------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+        except BaseException:
+            conn.close()
+            raise
         with self._lock:
             self._connections.append(conn)
         return conn
@@ -169,16 +177,25 @@ class EmbeddedStore(Store):
     # -- watches ------------------------------------------------------------------------------
     def watch(self, paths: Iterable[str], callback: Callable[[str], None], children: bool = False) -> WatchHandle:
         paths = [check_path(p) for p in paths]
+        # The starting point is read here, before returning, so that a change committed right
+        # after watch() returns is reported even if the watcher thread has not looked yet.
+        baseline = self._run(lambda conn: _read_state(conn, paths, snapshot=True))
+        if children:
+            missing = [p for p in paths if baseline[p] is None]  # type: ignore[index]
+            if missing:
+                raise NotFound(f"Cannot watch the children of a missing key ({', '.join(missing)}).")
+        watch = _Watch(paths, children, callback, baseline)  # type: ignore[arg-type]
         with self._lock:
             self._watch_ids += 1
             wid = self._watch_ids
-            self._watches[wid] = (paths, children, callback)
+            self._watches[wid] = watch
             if self._watcher is None:
                 self._watcher = threading.Thread(target=self._watch_loop, name="pvc-embedded-watch", daemon=True)
                 self._watcher.start()
         self._wake.set()
 
         def cancel() -> None:
+            watch.active = False
             with self._lock:
                 self._watches.pop(wid, None)
 
@@ -186,7 +203,6 @@ class EmbeddedStore(Store):
 
     def _watch_loop(self) -> None:
         conn = self._connect()
-        seen: dict[str, tuple[int, int] | None] = {}
         last_version = None
         while not self._closed:
             self._wake.wait(_POLL)
@@ -196,31 +212,28 @@ class EmbeddedStore(Store):
             if not watches:
                 continue
             try:
+                # Commits by any other connection (this one never writes) change data_version. A
+                # new watch is compared once in any case: its starting point was read before it
+                # was registered, maybe after this thread's last look.
                 data_version = conn.execute("PRAGMA data_version").fetchone()[0]
-                paths = sorted({p for ps, _, _ in watches for p in ps})
-                fresh = [p for p in paths if p not in seen]
-                if data_version == last_version and not fresh:
+                if data_version == last_version and all(w.compared for w in watches):
                     continue
+                state = _read_state(conn, sorted({p for w in watches for p in w.paths}))
                 last_version = data_version
-                state: dict[str, tuple[int, int] | None] = dict.fromkeys(paths)
-                for i in range(0, len(paths), _CHUNK):
-                    chunk = paths[i : i + _CHUNK]
-                    marks = ",".join("?" * len(chunk))
-                    for path, mzxid, pzxid in conn.execute(
-                        f"SELECT path, mzxid, pzxid FROM keys WHERE path IN ({marks})", chunk
-                    ):
-                        state[path] = (mzxid, pzxid)
             except sqlite3.Error:
                 continue  # the file is busy or gone for a moment; look again on the next round
-            for path in fresh:
-                seen[path] = state[path]  # a new watch starts from the current state
-            changed_data = {p for p in paths if p not in fresh and _data(seen.get(p)) != _data(state[p])}
-            changed_children = {p for p in paths if p not in fresh and seen.get(p) != state[p]}
-            seen = state
-            for watched, children, callback in watches:
-                for path in watched:
-                    if path in changed_data or (children and path in changed_children):
-                        callback(path)
+            for watch in watches:
+                watch.compared = True
+                for path in watch.paths:
+                    old, new = watch.seen.get(path), state[path]
+                    if old == new:
+                        continue
+                    watch.seen[path] = new
+                    if watch.active and (watch.children or _data(old) != _data(new)):
+                        try:
+                            watch.callback(path)
+                        except Exception:  # a broken callback must not end every other watch
+                            log.exception("A watch callback for %s failed", path)
         conn.close()
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -239,6 +252,41 @@ class EmbeddedStore(Store):
                 conn.close()
             except sqlite3.Error:
                 pass
+
+
+class _Watch:
+    def __init__(self, paths: list[str], children: bool, callback: Callable[[str], None],
+                 seen: dict[str, tuple[int, int] | None]):
+        self.paths = paths
+        self.children = children
+        self.callback = callback
+        #: (mzxid, pzxid) of each path as last reported, None when absent; only the watcher
+        #: thread changes it after registration.
+        self.seen = seen
+        self.active = True
+        #: Whether the watcher thread has compared it with the tree at least once.
+        self.compared = False
+
+
+def _read_state(
+    conn: sqlite3.Connection, paths: Sequence[str], snapshot: bool = False
+) -> dict[str, tuple[int, int] | None]:
+    """(mzxid, pzxid) of each path, None for a missing one."""
+    state: dict[str, tuple[int, int] | None] = dict.fromkeys(paths)
+    if snapshot:
+        conn.execute("BEGIN")
+    try:
+        for i in range(0, len(paths), _CHUNK):
+            chunk = list(paths[i : i + _CHUNK])
+            marks = ",".join("?" * len(chunk))
+            for path, mzxid, pzxid in conn.execute(
+                f"SELECT path, mzxid, pzxid FROM keys WHERE path IN ({marks})", chunk
+            ):
+                state[path] = (mzxid, pzxid)
+    finally:
+        if snapshot:
+            conn.execute("COMMIT")
+    return state
 
 
 def _data(state: tuple[int, int] | None) -> int | None:

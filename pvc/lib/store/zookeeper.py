@@ -82,8 +82,9 @@ class ZooKeeperStore(Store):
         except KazooTimeoutError:
             raise Unavailable(f"ZooKeeper at {self.hosts} did not answer within {self.timeout:g} s.") from None
 
-    def _call(self, fn: Callable[[], object]) -> object:
-        """Run one batch, translating kazoo's errors; a read is retried once after a reconnect."""
+    def _call(self, fn: Callable[[], object], path: str | None = None) -> object:
+        """Run one batch, translating kazoo's errors (naming ``path``); a read is retried once
+        after a reconnect."""
         for attempt in (1, 2):
             self._ready()
             self.round_trips += 1
@@ -93,7 +94,7 @@ class ZooKeeperStore(Store):
                 if attempt == 2:
                     raise Unavailable(f"Lost the connection to ZooKeeper at {self.hosts}: {type(e).__name__}.") from None
             except KazooException as e:
-                raise _translate(e) from None
+                raise _translate(e, path) from None
         raise AssertionError("unreachable")
 
     # -- reads --------------------------------------------------------------------------------
@@ -119,7 +120,8 @@ class ZooKeeperStore(Store):
 
     def children(self, path: str) -> list[str]:
         check_path(path)
-        return sorted(self._call(lambda: self._result(self.client.get_children_async(path))))  # type: ignore[arg-type]
+        names = self._call(lambda: self._result(self.client.get_children_async(path)), path)
+        return sorted(names)  # type: ignore[arg-type]
 
     def subtree(self, path: str) -> list[str]:
         check_path(path)
@@ -140,7 +142,7 @@ class ZooKeeperStore(Store):
                 found.extend(level)
             return found
 
-        return self._call(walk)  # type: ignore[return-value]
+        return self._call(walk, path)  # type: ignore[return-value]
 
     # -- writes -------------------------------------------------------------------------------
     def commit(self, ops: Sequence[Op]) -> None:
@@ -193,8 +195,7 @@ class ZooKeeperStore(Store):
 
             return fire
 
-        def children_watcher(path: str) -> Callable[..., bool]:
-            first = [True]
+        def children_watcher(path: str, first: list[bool]) -> Callable[..., bool]:
 
             def fire(names: list[str]) -> bool:
                 if not state["active"]:
@@ -212,13 +213,18 @@ class ZooKeeperStore(Store):
             for path in paths:
                 self.client.DataWatch(path, data_watcher(path))
                 if children:
-                    self.client.ChildrenWatch(path, children_watcher(path), allow_session_lost=True)
+                    first = [True]
+                    self.client.ChildrenWatch(path, children_watcher(path, first), allow_session_lost=True)
+                    if first[0]:
+                        # kazoo calls the function at registration unless the key is missing, in
+                        # which case it gives up silently: report it as the embedded engine does.
+                        raise NoNodeError()
         except (ConnectionLoss, SessionExpiredError, ConnectionClosedError):
             state["active"] = False
             raise Unavailable(f"Lost the connection to ZooKeeper at {self.hosts}.") from None
         except NoNodeError:
             state["active"] = False
-            raise NotFound(f"Cannot watch the children of a missing key ({', '.join(paths)}).") from None
+            raise NotFound(f"Cannot watch the children of a missing key ({path}).") from None
 
         def cancel() -> None:
             state["active"] = False

@@ -177,9 +177,15 @@ def test_node_names_from_zookeeper(tmp_path: Path, base_env: dict[str, str], zk_
         init_cluster(core)
     add_nodes(settings, "zk1", "zk2", "other")
     config = config_file(tmp_path, coordinators=[zk_server.hosts], chroot=chroot)
-    # stderr_empty=False: closing the ZooKeeper store still logs a "Lost the connection" warning on
-    # stderr (pvc/lib/store/zookeeper.py logs the LOST state of a deliberate close); reported.
-    assert values(complete(f"pvc --config {config} node info zk", base_env, stderr_empty=False)) == ["zk1", "zk2"]
+    assert values(complete(f"pvc --config {config} node info zk", base_env)) == ["zk1", "zk2"]
+
+
+def test_completion_never_creates_the_embedded_store(base_env: dict[str, str]) -> None:
+    """TAB on a host without a store offers nothing and leaves no store file behind."""
+    default = Path(base_env["XDG_DATA_HOME"]) / "pvc" / "pvc.sqlite"
+    assert complete("pvc node info ", base_env) == []
+    assert not default.exists()
+    assert not default.parent.exists()
 
 
 def test_broken_configuration_offers_nothing(tmp_path: Path, base_env: dict[str, str]) -> None:

@@ -45,10 +45,16 @@ class CliContext:
 
 
 def completion_core(ctx: click.Context) -> Cluster | None:
-    """A cluster handle for shell completion, from the --config given so far (None on error)."""
+    """A cluster handle for shell completion, from the --config given so far.
+
+    None when the configuration is broken, or when the embedded store file does not exist yet:
+    pressing TAB must not create a store."""
     root = ctx.find_root()
     obj = root.obj if isinstance(root.obj, CliContext) else CliContext(root.params.get("config"))
     try:
-        return Cluster(obj.settings())
+        settings = obj.settings()
     except CommandFailed:
         return None
+    if settings.engine == "embedded" and not os.path.exists(settings.store_path or ""):
+        return None
+    return Cluster(settings)

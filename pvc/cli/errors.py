@@ -16,6 +16,7 @@ from pvc.lib.errors import (
     PvcError,
     Timeout,
     Unavailable,
+    by_class,
 )
 
 
@@ -44,10 +45,7 @@ EXIT_CODES: dict[type[PvcError], Exit] = {
 
 
 def exit_code(error: PvcError) -> Exit:
-    for cls in type(error).__mro__:
-        if cls in EXIT_CODES:
-            return EXIT_CODES[cls]
-    return Exit.FAILED
+    return by_class(EXIT_CODES, error) or Exit.FAILED
 
 
 class CommandFailed(click.ClickException):

@@ -7,6 +7,10 @@ Both tables are resolved along the class's MRO, so a subclass inherits its paren
 
 from __future__ import annotations
 
+from typing import Mapping, TypeVar
+
+T = TypeVar("T")
+
 
 class PvcError(Exception):
     """Base of every error pvc raises on purpose."""
@@ -78,6 +82,14 @@ class ConfigError(PvcError):
     def __init__(self, problems: list[str]):
         super().__init__("\n".join(problems))
         self.problems = list(problems)
+
+
+def by_class(table: Mapping[type, T], error: BaseException) -> T | None:
+    """The entry of ``table`` for the error's class or its nearest ancestor, None if none."""
+    for cls in type(error).__mro__:
+        if cls in table:
+            return table[cls]
+    return None
 
 
 def quote(value: object) -> str:

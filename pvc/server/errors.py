@@ -20,6 +20,7 @@ from pvc.lib.errors import (
     PvcError,
     Timeout,
     Unavailable,
+    by_class,
 )
 
 ACTION_FAILED = 510
@@ -38,21 +39,14 @@ READ_STATUS: dict[type[PvcError], int] = {
 ALWAYS: dict[type[PvcError], int] = {Unavailable: 503, AuthenticationError: 401}
 
 
-def _lookup(table: dict[type[PvcError], int], error: PvcError) -> int | None:
-    for cls in type(error).__mro__:
-        if cls in table:
-            return table[cls]
-    return None
-
-
 def status_for(error: PvcError, mutating: bool) -> int:
     """The HTTP status of ``error`` on a route that changes data (``mutating``) or reads it."""
-    fixed = _lookup(ALWAYS, error)
+    fixed = by_class(ALWAYS, error)
     if fixed is not None:
         return fixed
     if mutating:
         return ACTION_FAILED
-    return _lookup(READ_STATUS, error) or 500
+    return by_class(READ_STATUS, error) or 500
 
 
 def error_body(message: str, status: int, kind: str) -> dict[str, Any]:

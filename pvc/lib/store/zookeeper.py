@@ -22,6 +22,7 @@ from kazoo.exceptions import (
     NotEmptyError,
     RolledBackError,
     SessionExpiredError,
+    UnimplementedError,
     ZookeeperError,
 )
 from kazoo.handlers.threading import KazooTimeoutError
@@ -29,9 +30,14 @@ from kazoo.retry import KazooRetry
 
 from pvc.lib.errors import AlreadyExists, Conflict, NotFound, PvcError, Unavailable
 from pvc.lib.schema import check_path
+from pvc.lib.store import zk_multiread
 from pvc.lib.store.base import Check, Create, Delete, Entry, Op, Set, Store, WatchHandle
 
 log = logging.getLogger("pvc.store")
+
+#: Keys per multiRead request: keeps each request and answer far below ZooKeeper's 1 MB limit
+#: for requests (jute.maxbuffer) even with long paths.
+MULTIREAD_BATCH = 1000
 
 #: After having been connected, how long a call waits for kazoo to reconnect before failing.
 RECONNECT_GRACE = 1.0
@@ -47,6 +53,8 @@ class ZooKeeperStore(Store):
         self.timeout = timeout
         self._connected = threading.Event()
         self._ever_connected = False
+        self._closing = False
+        self._multiread = True
         self.client = KazooClient(
             hosts=self.hosts + (chroot or ""),
             timeout=10.0,
@@ -66,6 +74,8 @@ class ZooKeeperStore(Store):
             log.info("Connected to ZooKeeper at %s", self.hosts)
         else:
             self._connected.clear()
+            if self._closing:
+                return  # our own close(), not an outage
             log.warning("Lost the connection to ZooKeeper at %s (%s); reconnecting", self.hosts, state.lower())
 
     def _ready(self) -> None:
@@ -104,19 +114,39 @@ class ZooKeeperStore(Store):
             check_path(path)
 
         def read() -> dict[str, Entry | None]:
+            if self._multiread:
+                try:
+                    return self._multiread_many(paths)
+                except UnimplementedError:
+                    self._multiread = False  # a server before 3.6: one request per key instead
             # Pipelined: every request is sent before the first answer is awaited.
             pending = [(path, self.client.get_async(path)) for path in paths]
-            found: dict[str, Entry | None] = {}
-            for path, result in pending:
-                try:
-                    data, stat = self._result(result)
-                except NoNodeError:
-                    found[path] = None
-                else:
-                    found[path] = Entry((data or b"").decode("utf-8"), stat.version)
-            return found
+            return {path: self._entry(path, lambda r=result: self._result(r)) for path, result in pending}
 
         return self._call(read)  # type: ignore[return-value]
+
+    def _multiread_many(self, paths: list[str]) -> dict[str, Entry | None]:
+        """Read ``paths`` with one multiRead request per batch, all sent before any is awaited."""
+        batches = [paths[i : i + MULTIREAD_BATCH] for i in range(0, len(paths), MULTIREAD_BATCH)]
+        pending = [(batch, zk_multiread.send(self.client, batch)) for batch in batches]
+        found: dict[str, Entry | None] = {}
+        for batch, result in pending:
+            answers = self._result(result)
+            for path, answer in zip(batch, answers):
+                found[path] = self._entry(path, lambda a=answer: a)
+        return found
+
+    @staticmethod
+    def _entry(path: str, answer: Callable[[], object]) -> Entry | None:
+        """An Entry from a getData answer (bytes, stat), None for a missing key."""
+        try:
+            value = answer()
+            if isinstance(value, Exception):
+                raise value
+        except NoNodeError:
+            return None
+        data, stat = value  # type: ignore[misc]
+        return Entry((data or b"").decode("utf-8"), stat.version)
 
     def children(self, path: str) -> list[str]:
         check_path(path)
@@ -236,6 +266,7 @@ class ZooKeeperStore(Store):
         return f"ZooKeeper at {self.hosts}{self.chroot or ''}"
 
     def close(self) -> None:
+        self._closing = True
         try:
             self.client.stop()
             self.client.close()

@@ -26,4 +26,3 @@ _pvc_completion_setup() {
 }
 
 _pvc_completion_setup;
-

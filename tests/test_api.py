@@ -12,6 +12,7 @@ import logging
 import uuid
 from typing import Any, Callable, Iterator
 
+import bottle
 import pytest
 
 from pvc.lib import errors as pvc_errors
@@ -24,6 +25,7 @@ from pvc.lib.registry import Operation, Param
 from pvc.server.app import create_app
 from pvc.server.errors import error_body, status_for
 from pvc.server.routes import add_routes
+from pvc.server.values import MAX_BODY
 from tests.wsgi import Client, Response
 from tests.zkserver import free_port
 
@@ -344,6 +346,73 @@ def test_malformed_json_bodies_are_510(client: Client, add_node: Callable[..., s
     add_node("hv1")
     r = client.post(API + "/node/hv1/domain-state", body=body, content_type="application/json")
     assert_error(r, 510, "invalid_argument", fragment)
+
+
+def _bad_requests() -> list[tuple[str, dict[str, Any], str]]:
+    """(name, request keywords, message fragment) of requests whose values cannot be read."""
+    part, ctype = multipart({"name": "x"})
+    file_part, file_ctype = multipart({"name": "x"}, as_file=True)
+    deep = b"[" * 100_000 + b"]" * 100_000
+    return [
+        ("query-%ff", {"path_suffix": "?name=%ff"}, "query string is not valid UTF-8"),
+        ("query-key-%ff", {"path_suffix": "?%ff=1"}, "query string is not valid UTF-8"),
+        ("form-%ff", {"body": b"name=%ff", "content_type": "application/x-www-form-urlencoded"},
+         "form body is not valid UTF-8"),
+        ("form-raw-ff", {"body": b"name=\xff", "content_type": "application/x-www-form-urlencoded"},
+         "form body is not valid UTF-8"),
+        ("json-deep", {"body": deep, "content_type": "application/json"}, "nested too deeply"),
+        ("json-deep-value", {"body": b'{"name": ' + deep + b"}", "content_type": "application/json"},
+         "nested too deeply"),
+        ("multipart-no-boundary", {"body": b"garbage", "content_type": "multipart/form-data"}, "multipart body"),
+        ("multipart-garbage", {"body": b"garbage", "content_type": "multipart/form-data; boundary=x"},
+         "multipart body"),
+        ("multipart-truncated", {"body": part[:-20], "content_type": ctype}, "multipart body"),
+        ("multipart-huge-boundary", {"body": part, "content_type": "multipart/form-data; boundary=" + "b" * 70_000},
+         "multipart body"),
+        ("multipart-charset", {"body": part, "content_type": ctype + "; charset=nonesuch"}, "multipart body"),
+        ("multipart-value-ff", {"body": part.replace(b"x\r\n", b"\xff\r\n"), "content_type": ctype},
+         "multipart body"),
+        ("multipart-name-ff", {"body": part.replace(b'name="name"', b'name="\xff"'), "content_type": ctype},
+         "multipart body"),
+        ("multipart-file-ff", {"body": file_part.replace(b"x\r\n", b"\xff\r\n"), "content_type": file_ctype},
+         "not UTF-8 text"),
+    ]
+
+
+BAD_REQUESTS = _bad_requests()
+
+
+@pytest.mark.parametrize("name,kw,fragment", BAD_REQUESTS, ids=[b[0] for b in BAD_REQUESTS])
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_unreadable_values_are_invalid_arguments(raising_client: Client, flag_client: Client, method: str, name: str,
+                                                 kw: dict[str, Any], fragment: str,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """Bad UTF-8, JSON nested too deeply, a broken multipart body: 400 on a GET, 510 on an action,
+    always JSON, and nothing logged (no traceback)."""
+    kw = dict(kw)
+    suffix = kw.pop("path_suffix", "")
+    client, path = (raising_client, API + "/test-raise") if method == "GET" else (flag_client, API + "/test-flags")
+    with caplog.at_level(logging.DEBUG, logger="pvc"):
+        r = client.request(method, path + suffix, **kw)
+    assert_error(r, 400 if method == "GET" else 510, "invalid_argument", fragment)
+    assert not [rec for rec in caplog.records if rec.levelno >= logging.WARNING], caplog.text
+
+
+def test_too_large_body_is_an_invalid_argument(flag_client: Client) -> None:
+    r = flag_client.post(API + "/test-flags", body=b"x" * (MAX_BODY + 1), content_type="application/json")
+    assert_error(r, 510, "invalid_argument", f"larger than {MAX_BODY} bytes")
+
+
+@pytest.mark.parametrize("how", HOW)
+def test_large_values_from_every_body(flag_client: Client, how: str) -> None:
+    """Values larger than Bottle's 100 KiB in-memory default (a VM's XML) are read from every body,
+    without create_app changing Bottle's global limits."""
+    big = "<domain>" + "é" * 150_000 + "</domain>"
+    if how == "query":
+        big = big[:2000]
+    r = send(flag_client, "POST", API + "/test-flags", {"name": big, "force": "yes"}, how)
+    assert (r.status, r.json()) == (200, {"name": big, "force": True})
+    assert bottle.BaseRequest.MEMFILE_MAX == 102400
 
 
 def test_uninitialised_cluster_is_a_clear_error(settings: Settings) -> None:

@@ -2,11 +2,14 @@
 
 The original let any substring of a token log in (S1), crashed on X-Api-Key (S2) and kept sessions
 forever without re-checking them (S3); these tests pin down that we do none of that. Apps are
-built from Settings with auth enabled, on both store engines.
+built from Settings with auth enabled. Authentication never touches the store, so they run on the
+embedded engine only, plus one smoke test on a real ZooKeeper.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import re
 import time
 from typing import Any, Callable, Iterator
@@ -19,6 +22,7 @@ from pvc.lib.ops.cluster import init_cluster
 from pvc.lib.registry import load_all
 from pvc.server.app import create_app
 from pvc.server.auth import COOKIE, Authenticator
+from tests.conftest import engine_settings
 from tests.test_api import HOW, assert_error, send
 from tests.wsgi import Client, Response
 
@@ -38,17 +42,19 @@ def auth_settings(settings: Settings, **changes: Any) -> Settings:
 
 
 @pytest.fixture
+def settings(tmp_path: Any) -> Settings:
+    """The embedded engine only (this overrides conftest's fixture over both engines)."""
+    return Settings(store_path=str(tmp_path / "auth.sqlite"), wait_timeout=10.0)
+
+
+@pytest.fixture
 def make_app(settings: Settings) -> Iterator[Callable[..., tuple[Cluster, Any]]]:
-    """Build (cluster, app) with auth enabled on the engine under test; extra Settings changes as kwargs."""
+    """Build (cluster, app) with auth enabled; extra Settings changes as kwargs."""
     clusters: list[Cluster] = []
-    initialised: list[bool] = []
 
     def make(**changes: Any) -> tuple[Cluster, Any]:
         cluster = Cluster(auth_settings(settings, **changes))
         clusters.append(cluster)
-        if settings.engine == "zookeeper" and not initialised:
-            init_cluster(cluster)
-            initialised.append(True)
         return cluster, create_app(cluster)
 
     yield make
@@ -259,6 +265,85 @@ def test_tampered_cookies_fail(app: Any) -> None:
     for forged in (f"{later}.{sid}.{fingerprint}.{signature}", f"{expiry}.{sid}.{fingerprint}.{flipped}",
                    f"{expiry}.{sid}.{fingerprint}", f"{expiry}.{sid}.{fingerprint}.{signature}.x", "", TOKEN):
         assert_required(with_cookie(app, forged).get(API + "/node"))
+
+
+# As sent: a quoted cookie's octal escapes (\351 is é) reach the authenticator unquoted; a raw
+# non-ASCII byte makes the cookie header unparseable, so no cookie at all.
+NON_ASCII_COOKIES = ['"1.a.b.\\351"', '"\\351"', '"1.\\351.b.c"', '"\\351.a.b.c"', '"1.a.\\351.c"', "1.a.b.\xe9"]
+
+
+@pytest.mark.parametrize("cookie", NON_ASCII_COOKIES)
+def test_non_ascii_cookies_are_simply_invalid(app: Any, cookie: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Not a 500 (hmac.compare_digest refuses non-ASCII str) on every protected route and logout."""
+    _, value = login(app)
+    expiry, sid, fingerprint, _ = value.split(".")
+    with caplog.at_level(logging.WARNING, logger="pvc"):
+        for forged in (cookie, f'"{expiry}.{sid}.{fingerprint}.\\351"', f'"{value[:-1]}\\351"'):
+            assert_required(with_cookie(app, forged).get(API + "/node"))
+            assert_required(with_cookie(app, forged).post(API + "/node/hv1/domain-state"))
+            assert with_cookie(app, forged).get(API + "/node", headers={"X-Api-Key": TOKEN}).status == 200
+            r = with_cookie(app, forged).post(API + "/auth/logout")
+            assert (r.status, r.json()) == (200, {"message": "Logged out."})
+    assert not caplog.records, caplog.text
+    assert with_cookie(app, value).get(API + "/node").status == 200  # the real session is untouched
+
+
+def test_non_ascii_session_values_via_the_authenticator(settings: Settings) -> None:
+    from pvc.lib.errors import AuthenticationError
+
+    auth = Authenticator(auth_settings(settings))
+    expiry, sid, fingerprint, signature = auth.new_session(TOKEN).split(".")
+    for forged in (f"{expiry}.{sid}.{fingerprint}.\xe9", f"{expiry}.{sid}.{fingerprint}.{signature[:-1]}\xe9",
+                   f"{expiry}.{sid}.{fingerprint}.\ud800", f"{expiry}.{sid}.\xe9.{signature}", "\xe9.a.b.c"):
+        with pytest.raises(AuthenticationError, match="Authentication required"):
+            auth.check(forged, None)
+        auth.revoke(forged)  # nothing to revoke, and no error
+    auth.check(f"{expiry}.{sid}.{fingerprint}.{signature}", None)  # the real one is still valid
+
+
+@pytest.mark.parametrize("offered", ["\ud800", TOKEN + "\udfff", "\xe9", TOKEN[:-1] + "\xe9", "\u20ac" * 40, "\x00"])
+def test_odd_tokens_just_fail(app: Any, offered: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A lone surrogate (only JSON can carry one) or any other odd text fails like a wrong token."""
+    with caplog.at_level(logging.WARNING, logger="pvc"):
+        body = json.dumps({"token": offered}).encode()  # ensure_ascii: "\ud800" stays an escape
+        r = Client(app).post(API + "/auth/login", body=body, content_type="application/json")
+        assert_failed(r)
+        assert not r.cookies
+        if "\ud800" not in offered and "\udfff" not in offered:  # a WSGI header is latin-1 text
+            assert_failed(Client(app).get(API + "/node", headers={"X-Api-Key": offered.encode().decode("latin-1")}))
+    assert not caplog.records, caplog.text
+
+
+def test_tokens_are_compared_through_digests(settings: Settings) -> None:
+    """The authenticator keeps only keyed digests of the tokens, all of one length, so neither a
+    comparison's time nor a dump of the object tells a token or its length."""
+    auth = Authenticator(auth_settings(settings))
+    kept = repr(vars(auth))
+    for token in (TOKEN, OTHER):
+        assert token not in kept and repr(token.encode())[2:-1] not in kept
+        assert auth.token_ok(token)
+    for offered in ("", TOKEN[:1], TOKEN * 50, OTHER + "\ud800"):
+        assert not auth.token_ok(offered)
+
+
+@pytest.mark.zk
+def test_auth_on_zookeeper(tmp_path: Any, request: pytest.FixtureRequest) -> None:
+    """Smoke test: the same authentication in front of a real ZooKeeper store."""
+    with Cluster(auth_settings(engine_settings("zookeeper", tmp_path, request))) as cluster:
+        init_cluster(cluster)
+        add_hv1(cluster)
+        app = create_app(cluster)
+        assert_required(Client(app).get(API + "/node/hv1"))
+        assert_failed(Client(app).get(API + "/node/hv1", headers={"X-Api-Key": TOKEN[:-1]}))
+        r = Client(app).get(API + "/node/hv1", headers={"X-Api-Key": TOKEN})
+        assert r.status == 200 and [n["name"] for n in r.json()] == ["hv1"]
+        _, value = login(app)
+        client = with_cookie(app, value)
+        r = client.post(API + "/node/hv1/domain-state", data={"domain-state": "flush"})
+        assert r.status == 200, r.body
+        assert cluster.store.get("/nodes/hv1/domainstate").value == "flush"
+        assert client.post(API + "/auth/logout").status == 200
+        assert_required(with_cookie(app, value).get(API + "/node"))
 
 
 def test_session_expires(make_app: Callable[..., tuple[Cluster, Any]]) -> None:

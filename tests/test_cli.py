@@ -386,6 +386,10 @@ def test_wait_when_already_done(cli: Callable[..., Any], nodes: Cluster) -> None
 # --- pvc init --------------------------------------------------------------------------------------------
 
 
+def test_init_on_a_fresh_cluster_succeeds(cli: Callable[..., Any], core: Cluster) -> None:
+    assert ok(cli("init")) == f"The cluster in {core.store.describe()} is already initialised and empty; nothing changed.\n"
+
+
 def test_init_refuses_existing_cluster(cli: Callable[..., Any], nodes: Cluster) -> None:
     core = nodes
     cli("node", "primary", "hv1")
@@ -742,3 +746,36 @@ def test_python_m_pvc_smoke(tmp_path: Any) -> None:
     assert code == 0, output
     assert ANSI not in output and "hv1" in output, output
     assert not (tmp_path / "xdg").exists()
+
+
+# --- destructive operations ask first --------------------------------------------------------------
+
+
+def test_destructive_operation_asks_unless_yes(tmp_path: Any) -> None:
+    """An operation declared destructive gets a confirmation prompt and -y/--yes (built by the same
+    adapter as every command; a test-only operation, not added to the registry)."""
+    import click
+
+    from pvc.cli.build import commands_for
+    from pvc.cli.context import CliContext
+    from pvc.lib.registry import Operation
+
+    calls: list[str] = []
+
+    def wipe(core: Cluster) -> str:
+        """Wipe everything."""
+        calls.append("wiped")
+        return "Wiped."
+
+    op = Operation(name="thing.wipe", group=("thing",), verb="wipe", method="DELETE", path=None, func=wipe,
+                   params=(), result="message", destructive=True, http_reason="test only")
+    (verb, command, _), = commands_for(op)
+    group = click.Group("pvc", commands={verb: command})
+    runner = CliRunner()
+    with Cluster(Settings(store_path=str(tmp_path / "pvc.sqlite"))) as core:
+        refused = runner.invoke(group, ["wipe"], obj=CliContext(core=core), input="n\n")
+        assert refused.exit_code == 1 and "Really wipe?" in refused.output and calls == []
+        accepted = runner.invoke(group, ["wipe"], obj=CliContext(core=core), input="y\n")
+        assert accepted.exit_code == 0 and accepted.stdout.endswith("Wiped.\n") and calls == ["wiped"]
+        forced = runner.invoke(group, ["wipe", "--yes"], obj=CliContext(core=core))
+        assert forced.exit_code == 0 and forced.stdout == "Wiped.\n" and calls == ["wiped", "wiped"]

@@ -200,6 +200,13 @@ def test_example_with_the_embedded_store_runs_a_command(tmp_path: Path) -> None:
 # --- values that load ---------------------------------------------------------------------------
 
 
+def test_relative_store_path_is_relative_to_the_file(write: Callable[..., str], env: dict[str, str],
+                                                     tmp_path: Path) -> None:
+    path = write(changed(("pvc.store.path", "data/pvc.sqlite")))
+    assert load_settings(path, env).store_path == str(Path(path).parent / "data" / "pvc.sqlite")
+    assert load_settings(write(changed(("pvc.store.path", "/abs/pvc.sqlite"))), env).store_path == "/abs/pvc.sqlite"
+
+
 def test_minimal_file_gives_the_defaults(write: Callable[..., str], env: dict[str, str]) -> None:
     settings = load_settings(write(BASE), env)
     expected = Settings(store_path=os.path.join(env["XDG_DATA_HOME"], "pvc", "pvc.sqlite"))
@@ -273,9 +280,18 @@ MISTAKES = [
        ["pvc.store.chroot: must be an absolute ZooKeeper path such as /pvc (no trailing '/')"])
       for c in ("pvc", "/pvc/", "/a//b")],
     ("chroot number", changed(("pvc.store.chroot", 5)), ["pvc.store.chroot: must be a string"]),
+    ("chroot dot-dot", changed(("pvc.store.chroot", "/pvc/../x")),
+     ["pvc.store.chroot: must be an absolute ZooKeeper path of valid names: Invalid path component name '..': "
+      "'.' and '..' are not names"]),
+    ("chroot dot", changed(("pvc.store.chroot", "/./pvc")),
+     ["pvc.store.chroot: must be an absolute ZooKeeper path of valid names: Invalid path component name '.': "
+      "'.' and '..' are not names"]),
+    ("chroot control", changed(("pvc.store.chroot", "/pvc/a\n")),
+     ["pvc.store.chroot: must be an absolute ZooKeeper path of valid names: Invalid path component name "
+      "'a\\n': it must not contain control characters"]),
     # bad ports
     *[(f"port {p!r}", changed(("pvc.api.listen_port", p)), [PORT])
-      for p in (0, 70000, "abc", -1, 65536, "", "7370 ", 7370.5, True, None, [7370])],
+      for p in (0, 70000, "abc", -1, 65536, "", "7370 ", 7370.5, True, None, [7370], "\u0663\u0663")],
     # bad coordinators
     ("coordinators string", changed(("pvc.coordinators", "pvc-hv1")), [NOT_A_LIST]),
     ("coordinators mapping", changed(("pvc.coordinators", {"pvc-hv1": 2181})), [NOT_A_LIST]),

@@ -340,8 +340,8 @@ def test_stale_coordinator_switch_cannot_both_land(tmp_path: Any) -> None:
         try:
             ta, out_a = run_in_thread(lambda: set_coordinator_state(a, "hv1", "primary"))
             tb, out_b = run_in_thread(lambda: set_coordinator_state(b, "hv2", "primary"))
-            # Each has made its two reads and entered its write (the third request).
-            poll_until(lambda: all(c.store.round_trips >= base[c] + 3 for c in (a, b))
+            # Each has made its one batched read and entered its write (the second request).
+            poll_until(lambda: all(c.store.round_trips >= base[c] + 2 for c in (a, b))
                        or "error" in out_a or "error" in out_b)
         finally:
             lock.execute("ROLLBACK")
@@ -354,6 +354,7 @@ def test_stale_coordinator_switch_cannot_both_land(tmp_path: Any) -> None:
         losers = [o["error"] for o in outcomes if "error" in o]
         assert len(winners) == 1 and len(losers) == 1, outcomes
         assert isinstance(losers[0], Conflict), losers
+        assert "nothing was changed, try again" in losers[0].message
         winner = "hv1" if "hv1" in winners[0] else "hv2"
         entry = a.store.get(schema.PRIMARY_NODE)
         assert (entry.value, entry.version) == (winner, start_version + 1)
@@ -656,6 +657,23 @@ def test_init_on_emptied_store_creates_root_tree(core: Cluster) -> None:
     assert init_cluster(core).startswith("Initialised a new cluster in ")
     assert cluster_tree(core) == ROOT_TREE
     assert value(core, schema.PRIMARY_NODE) == "none"
+
+
+def test_init_on_an_empty_cluster_changes_nothing(core: Cluster) -> None:
+    """A fresh cluster (the embedded store is born initialised) is fine as it is, without --yes."""
+    before = snapshot(core)
+    assert init_cluster(core) == f"The cluster in {core.store.describe()} is already initialised and empty; nothing changed."
+    assert snapshot(core) == before
+
+
+@pytest.mark.parametrize("key", ["/nodes/hv9", "/domains/0b0e5b86-0000-4000-8000-000000000009", "/networks/100",
+                                 "/ceph/osds/0", "/ceph/pools/vms", "/ceph/volumes/vms", "/ceph/snapshots/vms"])
+def test_init_refuses_a_cluster_holding_any_object(core: Cluster, key: str) -> None:
+    core.store.commit([Create(key, "x")])
+    before = snapshot(core)
+    with pytest.raises(InvalidState, match=r"^A cluster already exists in "):
+        init_cluster(core)
+    assert snapshot(core) == before
 
 
 @pytest.fixture

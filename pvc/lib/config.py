@@ -18,7 +18,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Collection, Mapping
 
-from pvc.lib.errors import ConfigError
+from pvc.lib.errors import ConfigError, InvalidArgument
+from pvc.lib.schema import validate_name
 
 SYSTEM_CONFIG = "/etc/pvc/pvc-api.yaml"
 DEFAULT_PORT = 7370
@@ -44,7 +45,7 @@ class Settings:
     listen_address: str = "127.0.0.1"
     listen_port: int = DEFAULT_PORT
     auth_enabled: bool = False
-    secret_key: str | None = None
+    secret_key: str | None = field(default=None, repr=False)
     tokens: tuple[Token, ...] = ()
     session_lifetime: int = 12 * 3600
     ssl_enabled: bool = False
@@ -81,7 +82,8 @@ def _bool(value: Any) -> bool:
 
 
 def _port(value: Any) -> int:
-    if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, str) and value.isdigit())):
+    digits = isinstance(value, str) and value.isascii() and value.isdigit()
+    if isinstance(value, bool) or not (isinstance(value, int) or digits):
         raise ValueError("must be an integer from 1 to 65535")
     port = int(value)
     if not 1 <= port <= 65535:
@@ -169,6 +171,11 @@ def _chroot(value: Any) -> str | None:
         return None
     if not value.startswith("/") or value.endswith("/") or "//" in value:
         raise ValueError("must be an absolute ZooKeeper path such as /pvc (no trailing '/')")
+    for part in value[1:].split("/"):
+        try:
+            validate_name("path component", part)
+        except InvalidArgument as e:
+            raise ValueError(f"must be an absolute ZooKeeper path of valid names: {e.message.rstrip('.')}") from None
     return value
 
 
@@ -274,6 +281,9 @@ def settings_from_mapping(data: Any, source: str, env: Mapping[str, str]) -> Set
         raise ConfigError(problems)
     if not values.get("store_path"):
         values["store_path"] = default_store_path(env)
+    else:  # a relative path is relative to the configuration file, not to where pvc runs
+        values["store_path"] = os.path.join(os.path.dirname(os.path.abspath(source)),
+                                            os.path.expanduser(values["store_path"]))
     return Settings(source=source, **values)
 
 
@@ -305,9 +315,11 @@ def find_config_file(explicit: str | None, env: Mapping[str, str]) -> str | None
     return SYSTEM_CONFIG if os.path.exists(SYSTEM_CONFIG) else None
 
 
-def load_settings(explicit: str | None = None, env: Mapping[str, str] | None = None) -> Settings:
-    """Find, read and validate the configuration; the built-in defaults when there is no file."""
-    env = os.environ if env is None else env
+def load_settings(explicit: str | None, env: Mapping[str, str]) -> Settings:
+    """Find, read and validate the configuration; the built-in defaults when there is no file.
+
+    ``env`` is the environment to consult (the caller passes os.environ), so that the library
+    never reads the process environment by itself."""
     path = find_config_file(explicit, env)
     if path is None:
         return Settings(store_path=default_store_path(env))

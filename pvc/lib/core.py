@@ -33,10 +33,6 @@ class Cluster:
                     self._store = store
         return self._store
 
-    @property
-    def opened(self) -> bool:
-        return self._store is not None
-
     def close(self) -> None:
         with self._lock:
             if self._store is not None:

@@ -20,7 +20,7 @@ from pvc.lib.registry import load_all
 from pvc.server.auth import COOKIE, HEADER, Authenticator
 from pvc.server.errors import dumps, error_body, status_for
 from pvc.server.routes import PREFIX, add_routes
-from pvc.server.values import MAX_BODY, request_values
+from pvc.server.values import request_values, take_chunked_body
 
 log = logging.getLogger("pvc.server")
 access = logging.getLogger("pvc.access")
@@ -35,6 +35,10 @@ LOGIN_FORM = """<!DOCTYPE html>
 """
 
 
+#: The root's status: 209 as the original, with a reason phrase (HTTP has none for 209).
+ROOT_STATUS = "209 PVC API"
+
+
 class ContractPlugin:
     """Authentication, error mapping and JSON for every route."""
 
@@ -45,7 +49,7 @@ class ContractPlugin:
         self.auth = auth
         self.pretty = pretty
 
-    def json(self, data: Any, status: int = 200) -> bottle.HTTPResponse:
+    def json(self, data: Any, status: int | str = 200) -> bottle.HTTPResponse:
         return bottle.HTTPResponse(dumps(data, self.pretty), status, {"Content-Type": "application/json"})
 
     def apply(self, callback: Callable[..., Any], route: bottle.Route) -> Callable[..., Any]:
@@ -75,8 +79,6 @@ class ContractPlugin:
 def create_app(core: Cluster) -> bottle.Bottle:
     """A new Bottle app serving the whole API for ``core``."""
     settings = core.settings
-    # A VM's XML may exceed Bottle's 100 KiB default for bodies read into memory.
-    bottle.BaseRequest.MEMFILE_MAX = MAX_BODY
     app = bottle.Bottle()
     auth = Authenticator(settings)
     plugin = ContractPlugin(auth, pretty=settings.debug)
@@ -98,7 +100,7 @@ def create_app(core: Cluster) -> bottle.Bottle:
 
     @app.get(PREFIX, pvc_public=True)
     def root() -> bottle.HTTPResponse:
-        return plugin.json({"message": "PVC API version 1", "version": __version__}, 209)
+        return plugin.json({"message": "PVC API version 1", "version": __version__}, ROOT_STATUS)
 
     def disabled() -> bottle.HTTPResponse | None:
         return None if auth.enabled else plugin.json({"message": "Authentication is disabled."})
@@ -163,3 +165,13 @@ def with_access_log(app: Callable[..., Iterable[bytes]]) -> Callable[..., Iterab
 
     return wsgi
 
+
+def with_whole_body(app: Callable[..., Iterable[bytes]]) -> Callable[..., Iterable[bytes]]:
+    """WSGI middleware presenting a chunked request as the same request with a Content-Length
+    (see :func:`pvc.server.values.take_chunked_body`), before any other layer reads it."""
+
+    def wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        take_chunked_body(environ)
+        return app(environ, start_response)
+
+    return wsgi

@@ -25,6 +25,11 @@ COOKIE = "pvc_session"
 HEADER = "X-Api-Key"
 
 
+def _utf8(text: str) -> bytes:
+    """``text`` as UTF-8; a lone surrogate (from a JSON escape) is kept, and so matches no token."""
+    return text.encode("utf-8", "surrogatepass")
+
+
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
@@ -38,8 +43,11 @@ class Authenticator:
         # end when it restarts, which is safe, if less convenient.
         key = settings.secret_key or secrets.token_urlsafe(48)
         self._key = key.encode("utf-8")
-        self._tokens = [t.token.encode("utf-8") for t in settings.tokens]
-        self._fingerprints = [self._fingerprint(t) for t in self._tokens]
+        tokens = [_utf8(t.token) for t in settings.tokens]
+        # Offered tokens are compared through their keyed digests: equal lengths, so the time a
+        # comparison takes does not even tell the length of a token.
+        self._token_digests = [self._mac(b"check", t) for t in tokens]
+        self._fingerprints = [self._fingerprint(t).encode("ascii") for t in tokens]
         self._revoked: dict[str, float] = {}
         self._lock = threading.Lock()
 
@@ -51,11 +59,11 @@ class Authenticator:
 
     def token_ok(self, offered: str) -> bool:
         """True if ``offered`` equals a configured token; every token is compared, in constant time."""
-        data = offered.encode("utf-8")
+        digest = self._mac(b"check", _utf8(offered))
         ok = False
-        for token in self._tokens:
-            ok |= hmac.compare_digest(data, token)
-        return ok and bool(data)
+        for token in self._token_digests:
+            ok |= hmac.compare_digest(digest, token)
+        return ok and bool(offered)
 
     # -- sessions -----------------------------------------------------------------------------
     def new_session(self, token: str) -> str:
@@ -63,15 +71,15 @@ class Authenticator:
         # Rounded up: the session lasts at least its lifetime (truncating cut up to a second off).
         expiry = str(math.ceil(time.time() + self.lifetime))
         sid = secrets.token_urlsafe(16)
-        body = f"{expiry}.{sid}.{self._fingerprint(token.encode('utf-8'))}"
+        body = f"{expiry}.{sid}.{self._fingerprint(_utf8(token))}"
         return f"{body}.{_b64(self._mac(b'session', body.encode('ascii')))}"
 
     def _session_id(self, cookie: str) -> str | None:
-        """The id of a valid session cookie, else None."""
+        """The id of a valid session cookie, else None (a cookie that is not ASCII is not valid)."""
         try:
-            expiry, sid, fingerprint, signature = cookie.split(".")
-            body = f"{expiry}.{sid}.{fingerprint}"
-            if not hmac.compare_digest(signature, _b64(self._mac(b"session", body.encode("ascii")))):
+            expiry, sid, fingerprint, signature = cookie.encode("ascii").split(b".")
+            expected = _b64(self._mac(b"session", b".".join((expiry, sid, fingerprint)))).encode("ascii")
+            if not hmac.compare_digest(signature, expected):
                 return None
             if int(expiry) <= time.time():
                 return None
@@ -82,10 +90,11 @@ class Authenticator:
             known |= hmac.compare_digest(fingerprint, current)
         if not known:
             return None
+        session = sid.decode("ascii")
         with self._lock:
-            if sid in self._revoked:
+            if session in self._revoked:
                 return None
-        return sid
+        return session
 
     def revoke(self, cookie: str) -> None:
         sid = self._session_id(cookie)

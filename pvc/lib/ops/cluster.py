@@ -28,6 +28,8 @@ def init_cluster(core: Cluster, yes: bool = False) -> str:
     store = core.store
     present = [root for root, entry in store.get_many(schema.ROOTS).items() if entry is not None]
     if present and not yes:
+        if _empty(core):  # e.g. the embedded store, which is born initialised
+            return f"The cluster in {store.describe()} is already initialised and empty; nothing changed."
         raise InvalidState(
             f"A cluster already exists in {store.describe()}; pass --yes to replace it (this deletes all of its data)."
         )
@@ -42,6 +44,15 @@ def init_cluster(core: Cluster, yes: bool = False) -> str:
     if present:
         return f"Replaced the cluster in {store.describe()} with a new, empty one; restart any running node agents."
     return f"Initialised a new cluster in {store.describe()}."
+
+
+def _empty(core: Cluster) -> bool:
+    """True when the whole root tree is there and holds nothing: no node, VM, network or Ceph object."""
+    store = core.store
+    if any(entry is None for entry in store.get_many([path for path, _ in schema.ROOT_TREE]).values()):
+        return False
+    containers = [path for path, _ in schema.ROOT_TREE if path not in (schema.PRIMARY_NODE, schema.CEPH)]
+    return all(not store.children(path) for path in containers)
 
 
 def _ensure_chroot(core: Cluster) -> None:

@@ -12,13 +12,12 @@ from typing import Any
 
 from pvc.lib import schema
 from pvc.lib.core import Cluster
-from pvc.lib.errors import InvalidState, NotFound, quote
+from pvc.lib.errors import Conflict, InvalidState, NotFound, quote
 from pvc.lib.match import select
 from pvc.lib.registry import Param, Variant, completer, operation
-from pvc.lib.store import Create, Entry, Set
+from pvc.lib.store import Check, Create, Entry, Set
 
 DAEMON_STATES = ("init", "run", "shutdown", "stop", "dead")
-COORDINATOR_STATES = ("client", "secondary", "primary")
 DOMAIN_STATES = ("flushed", "flush", "unflush", "ready")
 
 #: What a domain-state request writes, and the state the agent reports once it is done.
@@ -172,12 +171,18 @@ def set_coordinator_state(core: Cluster, node: str, state: str) -> str:
     /primary_node to the node; becoming secondary clears it so that another coordinator takes
     over. Asking for the state the node is already in changes nothing.
     """
-    values = _one(core, node, ("daemonmode", "daemonstate", "routerstate"))
-    if values["daemonmode"] != "coordinator":
+    mode_key, daemon_key = schema.node_key(node, "daemonmode"), schema.node_key(node, "daemonstate")
+    entries = core.store.get_many([schema.node(node), mode_key, daemon_key, schema.PRIMARY_NODE])
+    if entries[schema.node(node)] is None:
+        raise NotFound(f"Node {quote(node)} not found.")
+    mode, daemon, primary = entries[mode_key], entries[daemon_key], entries[schema.PRIMARY_NODE]
+    if mode is None or mode.value != "coordinator":
         raise InvalidState(f"Node {quote(node)} is not a coordinator; only coordinators can be primary or secondary.")
-    if values["daemonstate"] != "run":
-        raise InvalidState(f"Node {quote(node)} is not running (its daemon state is {quote(values['daemonstate'])}).")
-    primary = core.store.get(schema.PRIMARY_NODE)
+    if daemon is None or daemon.value != "run":
+        state_text = quote(daemon.value) if daemon else "unknown"
+        raise InvalidState(f"Node {quote(node)} is not running (its daemon state is {state_text}).")
+    if primary is None:
+        raise InvalidState(f"The cluster in {core.store.describe()} is not initialised; run 'pvc init'.")
     if state == "primary":
         if primary.value == node:
             return f"Node {quote(node)} is already the primary coordinator; nothing changed."
@@ -188,8 +193,14 @@ def set_coordinator_state(core: Cluster, node: str, state: str) -> str:
             return f"Node {quote(node)} is already a secondary coordinator; nothing changed."
         new = schema.NO_PRIMARY
         message = f"Setting node {quote(node)} as a secondary coordinator."
-    # At the version we read: a concurrent switch makes this one fail instead of both landing.
-    core.store.commit([Set(schema.PRIMARY_NODE, new, primary.version)])
+    # Everything at the versions we checked: a concurrent switch, or the node's daemon stopping
+    # meanwhile, makes this request fail instead of both landing.
+    try:
+        core.store.commit([Check(mode_key, mode.version), Check(daemon_key, daemon.version),
+                           Set(schema.PRIMARY_NODE, new, primary.version)])
+    except Conflict:
+        raise Conflict(f"The coordinators changed while setting node {quote(node)} {state}; "
+                       "nothing was changed, try again.") from None
     return message
 
 

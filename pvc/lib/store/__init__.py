@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from pvc.lib.errors import ConfigError
 from pvc.lib.store.base import Check, Create, Delete, Entry, Op, Set, Store, WatchHandle
 
 if TYPE_CHECKING:
@@ -22,7 +23,8 @@ def open_store(settings: "Settings") -> Store:
         from pvc.lib.store.zookeeper import ZooKeeperStore
 
         return ZooKeeperStore(settings.coordinators, settings.zk_chroot, settings.store_timeout)
-    from pvc.lib.config import default_store_path
     from pvc.lib.store.embedded import EmbeddedStore
 
-    return EmbeddedStore(settings.store_path or default_store_path({}), settings.store_timeout)
+    if not settings.store_path:  # load_settings always fills it in; a hand-made Settings must too
+        raise ConfigError(["pvc.store.path: no embedded store file given"])
+    return EmbeddedStore(settings.store_path, settings.store_timeout)

@@ -26,7 +26,7 @@ from kazoo.exceptions import (
     ZookeeperError,
 )
 from kazoo.handlers.threading import KazooTimeoutError
-from kazoo.retry import KazooRetry
+from kazoo.retry import KazooRetry, RetryFailedError
 
 from pvc.lib.errors import AlreadyExists, Conflict, NotFound, PvcError, Unavailable
 from pvc.lib.schema import check_path
@@ -40,7 +40,7 @@ log = logging.getLogger("pvc.store")
 MULTIREAD_BATCH = 1000
 
 #: After having been connected, how long a call waits for kazoo to reconnect before failing.
-RECONNECT_GRACE = 1.0
+RECONNECT_GRACE = 0.5
 
 
 class ZooKeeperStore(Store):
@@ -60,6 +60,9 @@ class ZooKeeperStore(Store):
             timeout=10.0,
             # Reconnect quickly after an outage: at most ~1 s between attempts, forever.
             connection_retry=KazooRetry(max_tries=-1, delay=0.1, backoff=1.5, max_delay=1.0),
+            # kazoo's recipes (the watches) retry their reads with this; its default retries for
+            # an hour, which would let a wait outlive its deadline by far during an outage.
+            command_retry=KazooRetry(max_tries=3, delay=0.1, backoff=2, max_delay=1.0, deadline=timeout),
         )
         self.client.add_listener(self._on_state)
         # Connect in the background: a server that starts while ZooKeeper is down still starts,
@@ -249,7 +252,7 @@ class ZooKeeperStore(Store):
                         # kazoo calls the function at registration unless the key is missing, in
                         # which case it gives up silently: report it as the embedded engine does.
                         raise NoNodeError()
-        except (ConnectionLoss, SessionExpiredError, ConnectionClosedError):
+        except (ConnectionLoss, SessionExpiredError, ConnectionClosedError, RetryFailedError):
             state["active"] = False
             raise Unavailable(f"Lost the connection to ZooKeeper at {self.hosts}.") from None
         except NoNodeError:

@@ -1,0 +1,24 @@
+# Sourced by scripts/serve and scripts/test: make sure ./.venv exists and holds pvc (editable)
+# with the extras named in $PVC_EXTRAS, then put it first on PATH.
+# A virtual environment, because Debian's own python3 refuses `pip install` outside one (PEP 668).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+export DEBIAN_FRONTEND=noninteractive
+
+apt_install() {
+  $SUDO apt-get install -y --no-install-recommends "$@" \
+    || { $SUDO apt-get update && $SUDO apt-get install -y --no-install-recommends "$@"; }
+}
+
+if [ ! -x .venv/bin/python ]; then
+  rm -rf .venv
+  if ! python3 -m venv .venv 2>/dev/null; then
+    rm -rf .venv
+    apt_install python3-venv python3-pip   # Debian's python3 ships without venv and pip
+    python3 -m venv .venv
+  fi
+fi
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".${PVC_EXTRAS:+[$PVC_EXTRAS]}"
+export PATH="$PWD/.venv/bin:$PATH"

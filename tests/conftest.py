@@ -24,10 +24,8 @@ ENGINES = ("embedded", "zookeeper")
 @pytest.fixture(scope="session")
 def zk_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ZooKeeperServer]:
     """The session's ZooKeeper. Missing ZooKeeper is an error, never a skip."""
-    server = ZooKeeperServer(str(tmp_path_factory.mktemp("zookeeper")))
-    server.start()
-    yield server
-    server.stop()
+    with ZooKeeperServer(str(tmp_path_factory.mktemp("zookeeper"))) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

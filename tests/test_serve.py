@@ -580,10 +580,8 @@ def test_one_tls_request(tmp_path: Any, tls_files: dict[str, str], start_serve: 
 
 @pytest.fixture
 def own_zookeeper(tmp_path: Any) -> Iterator[ZooKeeperServer]:
-    server = ZooKeeperServer(str(tmp_path / "zookeeper"))
-    server.start()
-    yield server
-    server.stop()
+    with ZooKeeperServer(str(tmp_path / "zookeeper")) as server:
+        yield server
 
 
 def poll(check: Callable[[], Answer | None], timeout: float, what: str) -> Answer:

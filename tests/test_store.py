@@ -1071,10 +1071,8 @@ def test_embedded_open_store_creates_the_directory(tmp_path: Any) -> None:
 @pytest.fixture(scope="module")
 def lonely_zk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ZooKeeperServer]:
     """A ZooKeeper only the outage tests use, so stopping it disturbs no other test."""
-    server = ZooKeeperServer(str(tmp_path_factory.mktemp("zk-outage")))
-    server.start()
-    yield server
-    server.stop()
+    with ZooKeeperServer(str(tmp_path_factory.mktemp("zk-outage"))) as server:
+        yield server
 
 
 @pytest.fixture

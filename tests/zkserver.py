@@ -86,6 +86,17 @@ class ZooKeeperServer:
                 raise RuntimeError(f"ZooKeeper did not answer within {timeout} s; see {self.directory}/out.log")
             time.sleep(0.05)  # polling the server's readiness, bounded by the deadline
 
+    def __enter__(self) -> "ZooKeeperServer":
+        try:
+            self.start()
+        except BaseException:
+            self.stop()  # a server that started but never answered must not outlive the test
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def stop(self) -> None:
         if self.process is not None:
             self.process.kill()

@@ -20,7 +20,7 @@ from pvc.lib.registry import load_all
 from pvc.server.auth import COOKIE, HEADER, Authenticator
 from pvc.server.errors import dumps, error_body, status_for
 from pvc.server.routes import PREFIX, add_routes
-from pvc.server.values import request_values, take_chunked_body
+from pvc.server.values import request_values
 
 log = logging.getLogger("pvc.server")
 access = logging.getLogger("pvc.access")
@@ -165,13 +165,3 @@ def with_access_log(app: Callable[..., Iterable[bytes]]) -> Callable[..., Iterab
 
     return wsgi
 
-
-def with_whole_body(app: Callable[..., Iterable[bytes]]) -> Callable[..., Iterable[bytes]]:
-    """WSGI middleware presenting a chunked request as the same request with a Content-Length
-    (see :func:`pvc.server.values.take_chunked_body`), before any other layer reads it."""
-
-    def wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        take_chunked_body(environ)
-        return app(environ, start_response)
-
-    return wsgi

@@ -18,7 +18,7 @@ from cheroot.ssl.builtin import BuiltinSSLAdapter
 
 from pvc.lib.config import Settings
 from pvc.lib.core import Cluster
-from pvc.server.app import create_app, with_access_log, with_whole_body
+from pvc.server.app import create_app, with_access_log
 from pvc.server.values import DRAIN, MAX_BODY
 
 log = logging.getLogger("pvc.server")
@@ -68,7 +68,7 @@ def build_server(core: Cluster) -> wsgi.Server:
     if settings.ssl_enabled:
         check_tls(settings)
     host = settings.listen_address.strip("[]")
-    app = with_access_log(with_whole_body(create_app(core)))
+    app = with_access_log(create_app(core))
     server = _Server((host, settings.listen_port), app, numthreads=THREADS, server_name="pvc")
     # The server's own bound on a request body, with room above MAX_BODY, so that a body a little
     # too large still gets the contract's JSON answer from the app; beyond, cheroot answers 413.

@@ -111,7 +111,9 @@ def _body(request: bottle.BaseRequest) -> bytes:
 
 def request_values(request: bottle.BaseRequest) -> dict[str, Any]:
     """Every value of the request by name; InvalidArgument for a malformed request."""
-    take_chunked_body(request.environ)  # if the WSGI layer (app.with_whole_body) has not already
+    # The only place a body is read: after routing and authentication, so an unauthenticated
+    # request's body is never read at all.
+    take_chunked_body(request.environ)
     request = _Request(request.environ)
     values: dict[str, Any] = {}
     try:

@@ -14,12 +14,9 @@ from pvc.cli import views  # noqa: F401  (registers the table views)
 from pvc.cli.build import add_operations
 from pvc.cli.commands.serve import serve
 from pvc.cli.context import CliContext
+from pvc.cli.groups import GROUPS
 from pvc.lib.core import Cluster
 from pvc.lib.registry import load_all
-
-GROUP_HELP = {
-    "node": "Manage the nodes of the cluster: state, coordinator role, flush and ready.",
-}
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120})
@@ -41,7 +38,7 @@ def cli(ctx: click.Context, config: str | None) -> None:
         ctx.obj = CliContext(config)
 
 
-add_operations(cli, load_all(), GROUP_HELP)
+add_operations(cli, load_all(), GROUPS)
 cli.add_command(serve)
 
 

@@ -52,44 +52,70 @@ class ValueType(click.ParamType):
 def click_param(p: Param) -> click.Parameter:
     if p.positional:
         required = p.required and p.cli_default is None
-        return click.Argument([p.name], type=ValueType(p), required=required, metavar=p.metavar if required else f"[{p.metavar}]")
+        metavar = "FILE" if p.cli_file else p.metavar
+        kind: click.ParamType = click.File("r", encoding="utf-8") if p.cli_file else ValueType(p)
+        return click.Argument([p.name], type=kind, required=required, metavar=metavar if required else f"[{metavar}]")
     flag = "--" + p.name.replace("_", "-")
-    decls = [flag, p.name] + ([p.short] if p.short else [])
+    names = [flag, *p.cli_aliases] + ([p.short] if p.short else [])
     if p.kind == "flag":
-        return click.Option(decls, is_flag=True, default=bool(p.default), help=p.help)
-    return click.Option(decls, type=ValueType(p), required=p.required, default=p.default, help=p.help,
+        if p.default is None:  # tri-state: not given leaves the value alone (PUT-style changes)
+            negative = "--no-" + flag[2:]
+            return click.Option([f"{flag}/{negative}", p.name], default=None, help=p.help)
+        return click.Option(names + [p.name], is_flag=True, default=bool(p.default), help=p.help)
+    return click.Option(names + [p.name], type=ValueType(p), required=p.required, default=p.default, help=p.help,
                         show_default=p.default is not None)
 
 
-def _command(op: Operation, verb: str, help_text: str, fixed: dict[str, Any], wait: Callable[..., str] | None) -> click.Command:
-    params = [click_param(p) for p in op.params if p.name not in fixed]
+def _read_files(op: Operation, values: dict[str, Any]) -> None:
+    """Replace the open files of ``cli_file`` values by their text, converted like any value."""
+    for p in op.params:
+        handle = values.get(p.name)
+        if p.cli_file and handle is not None and hasattr(handle, "read"):
+            try:
+                values[p.name] = convert(p, handle.read())
+            except UnicodeDecodeError:
+                raise click.BadParameter("the file is not UTF-8 text.", param_hint=p.metavar) from None
+
+
+def _command(op: Operation, verb: str, help_text: str, fixed: dict[str, Any], wait: Callable[..., str] | None,
+             omit: tuple[str, ...] = (), destructive: bool | None = None) -> click.Command:
+    destructive = op.destructive if destructive is None else destructive
+    hidden = set(fixed) | set(omit)
+    params = [click_param(p) for p in op.params if p.name not in hidden]
     arguments = [p for p in params if isinstance(p, click.Argument)]
     options = [p for p in params if not isinstance(p, click.Argument)]
     view = RENDERERS.get(op.render or "")
-    if op.result != "message":
+    if op.result in ("list", "object"):
         options.append(click.Option(["--format", "_format"], type=click.Choice(FORMATS), default="table",
                                     show_default=True, help="Output format."))
     if view is not None and view.long:
         options.append(click.Option(["-l", "--long", "_long"], is_flag=True, help="Show more details."))
+    if view is not None and view.raw is not None:
+        options.append(click.Option(["-r", "--raw", "_raw"], is_flag=True, help="Print names only, one per line."))
     if wait is not None:
         options.append(click.Option(["-w", "--wait", "_wait"], is_flag=True,
                                     help="Wait until the node reports the change as done."))
         options.append(click.Option(["--timeout", "_timeout"], type=click.FloatRange(min=0, min_open=True),
                                     metavar="SECONDS", help="Deadline of --wait (default: pvc.timeouts.wait)."))
-    if op.destructive:
+    if destructive:
         options.append(click.Option(["-y", "--yes", "_yes"], is_flag=True, help="Do not ask for confirmation."))
 
     def callback(**kwargs: Any) -> None:
         ctx = click.get_current_context()
         fmt = kwargs.pop("_format", "table")
         long = kwargs.pop("_long", False)
+        raw = kwargs.pop("_raw", False)
         waiting = kwargs.pop("_wait", False)
         timeout = kwargs.pop("_timeout", None)
         if timeout is not None and not waiting:
             raise click.UsageError("--timeout only applies together with --wait.", ctx)
-        if op.destructive and not kwargs.pop("_yes", False):
-            click.confirm(f"Really {verb}? This cannot be undone.", abort=True)
+        confirmed = kwargs.pop("_yes", False)
         values = {**kwargs, **fixed}
+        _read_files(op, values)
+        if destructive and not confirmed:
+            target = " ".join(str(values[p.name]) for p in op.params if p.positional and values.get(p.name) is not None)
+            click.confirm(f"Really {verb} {target}? This cannot be undone." if target
+                          else f"Really {verb}? This cannot be undone.", abort=True)
         for p in op.params:
             if values.get(p.name) is None and p.cli_default is not None:
                 values[p.name] = p.cli_default()
@@ -104,15 +130,18 @@ def _command(op: Operation, verb: str, help_text: str, fixed: dict[str, Any], wa
         except KeyboardInterrupt:  # Click would say "Aborted!" and exit 1; the table says 130
             click.echo("Interrupted.", err=True)
             ctx.exit(int(Exit.INTERRUPTED))
-        if op.result == "message":
+        if op.result in ("message", "document"):
             click.echo(result)
+        elif raw and view is not None and view.raw is not None:
+            click.echo(view.raw(result))
         else:
             colour = use_colour()
             click.echo(render(result, fmt, op.render, colour, long), color=colour)
 
-    positional = [p for p in op.params if p.positional and p.name not in fixed]
+    positional = [p for p in op.params if p.positional and p.name not in hidden]
     if positional:  # Click shows no help for arguments; list them under the text
-        help_text += "\n\nArguments:\n\n\b\n" + "\n".join(f"  {p.metavar:<10}{p.help}" for p in positional)
+        help_text += "\n\nArguments:\n\n\b\n" + "\n".join(
+            f"  {'FILE' if p.cli_file else p.metavar:<10}{p.help}" for p in positional)
     return click.Command(verb, params=arguments + options, callback=callback, help=help_text,
                          short_help=help_text.split("\n", 1)[0])
 
@@ -127,19 +156,31 @@ def commands_for(op: Operation) -> list[tuple[str, click.Command, tuple[str, ...
     for v in op.variants:
         body = op.help.partition("\n")[2].strip()
         text = f"{v.help}\n\n{body}" if body else v.help
-        out.append((v.verb, _command(op, v.verb, text, dict(v.fixed), v.wait), v.aliases))
+        out.append((v.verb, _command(op, v.verb, text, dict(v.fixed), v.wait, v.omit, v.destructive), v.aliases))
     return out
 
 
-def add_operations(root: click.Group, operations: dict[str, Operation], group_help: dict[str, str]) -> None:
+def group_for(root: click.Group, path: tuple[str, ...], groups: dict[str, tuple[str, tuple[str, ...]]]) -> click.Group:
+    """The command group at ``path`` under ``root``, created (with its help and aliases) on the way."""
+    group = root
+    for i, name in enumerate(path):
+        if name not in group.commands:
+            help_text, aliases = groups.get(" ".join(path[: i + 1]), (f"Manage {name}s.", ()))
+            new = click.Group(name, help=help_text)
+            group.add_command(new)
+            for alias in aliases:  # the same group object under another name, hidden from the listing
+                hidden = click.Group(alias, commands=new.commands, help=help_text, short_help=f"Alias of '{name}'.",
+                                     hidden=True)
+                group.add_command(hidden, alias)
+        group = group.commands[name]  # type: ignore[assignment]
+    return group
+
+
+def add_operations(root: click.Group, operations: dict[str, Operation],
+                   groups: dict[str, tuple[str, tuple[str, ...]]]) -> None:
     """Attach every operation's commands under ``root``, creating the groups on the way."""
     for op in operations.values():
-        group = root
-        for i, name in enumerate(op.group):
-            if name not in group.commands:
-                path = " ".join(op.group[: i + 1])
-                group.add_command(click.Group(name, help=group_help.get(path, f"Manage {name}s.")))
-            group = group.commands[name]  # type: ignore[assignment]
+        group = group_for(root, op.group, groups)
         for verb, command, aliases in commands_for(op):
             group.add_command(command, verb)
             for alias in aliases:

@@ -51,18 +51,21 @@ class Paint:
 
 @dataclass(frozen=True)
 class Renderer:
-    """A table renderer: ``fn(data, paint, long) -> str``; ``long`` adds a -l/--long option."""
+    """A table renderer: ``fn(data, paint, long) -> str``; ``long`` adds a -l/--long option and
+    ``raw`` (``raw(data) -> str``) a -r/--raw option printing bare names."""
 
     fn: Callable[[Any, Paint, bool], str]
     long: bool = False
+    raw: Callable[[Any], str] | None = None
 
 
 RENDERERS: dict[str, Renderer] = {}
 
 
-def renderer(name: str, long: bool = False) -> Callable[[Callable[[Any, Paint, bool], str]], Callable[[Any, Paint, bool], str]]:
+def renderer(name: str, long: bool = False, raw: Callable[[Any], str] | None = None
+             ) -> Callable[[Callable[[Any, Paint, bool], str]], Callable[[Any, Paint, bool], str]]:
     def register(fn: Callable[[Any, Paint, bool], str]) -> Callable[[Any, Paint, bool], str]:
-        RENDERERS[name] = Renderer(fn, long)
+        RENDERERS[name] = Renderer(fn, long, raw)
         return fn
 
     return register

@@ -68,6 +68,12 @@ class Timeout(PvcError):
     kind = "timeout"
 
 
+class NotImplementedYet(PvcError):
+    """The manual names this endpoint for a later version (its "todo v0.6")."""
+
+    kind = "not_implemented"
+
+
 class AuthenticationError(PvcError):
     """The request carries no valid credentials (HTTP only)."""
 

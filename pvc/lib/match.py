@@ -8,9 +8,11 @@ prefix, ``hv1$`` a suffix and ``^hv1$`` an exact name.
 from __future__ import annotations
 
 import re
-from typing import Callable, Iterable
+from typing import Callable, Iterable, TypeVar
 
 from pvc.lib.errors import InvalidArgument, quote
+
+T = TypeVar("T")
 
 
 def fuzzy(limit: str) -> Callable[[str], bool]:
@@ -34,3 +36,15 @@ def select(names: Iterable[str], limit: str | None) -> list[str]:
         return names
     matches = fuzzy(limit)
     return [n for n in names if matches(n)]
+
+
+def select_any(items: Iterable[T], limit: str | None, *keys: Callable[[T], str | None]) -> list[T]:
+    """The items of which any of ``keys`` matches ``limit``, each at most once, in their order.
+
+    The original matched a VM's name and UUID (a network's description and VNI) one after the
+    other and listed an item matching both twice; here an item is in or out."""
+    items = list(items)
+    if limit is None or limit == "":
+        return items
+    matches = fuzzy(limit)
+    return [item for item in items if any((v := key(item)) is not None and matches(v) for key in keys)]

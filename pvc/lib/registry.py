@@ -19,7 +19,8 @@ from pvc.lib.errors import InvalidArgument, quote
 TRUE_WORDS = ("", "1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off")
 KINDS = ("str", "int", "float", "flag", "choice")
-RESULTS = ("message", "list", "object")
+#: "document" results are text served as-is with the operation's content type (`vm dump`).
+RESULTS = ("message", "list", "object", "document")
 
 _REQUIRED = inspect.Parameter.empty
 
@@ -37,6 +38,10 @@ class Param:
     positional: bool = False
     #: CLI: a short option such as "-t".
     short: str | None = None
+    #: CLI: more option names, such as the original's ("-i", "--ipnet") for ip4_network.
+    cli_aliases: tuple[str, ...] = ()
+    #: CLI: the value is read from the file named on the command line ("-" for stdin).
+    cli_file: bool = False
     #: Name of a completer (see :func:`completer`) offering values in the shell.
     complete: str | None = None
     #: CLI: a function giving the value when the command line leaves it out (e.g. this host).
@@ -66,6 +71,10 @@ class Variant:
     aliases: tuple[str, ...] = ()
     #: A library function ``wait(core, **values, timeout=...)`` offered as ``--wait``.
     wait: Callable[..., str] | None = None
+    #: Values this command does not offer (they keep their defaults).
+    omit: tuple[str, ...] = ()
+    #: Ask before running (``--yes`` skips); None: as the operation says.
+    destructive: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -88,6 +97,14 @@ class Operation:
     http_reason: str | None = None
     cli: bool = True
     cli_reason: str | None = None
+    #: More paths serving the same operation (the manual's and the original's spelling).
+    extra_paths: tuple[str, ...] = ()
+    #: Content type of a "document" result.
+    content_type: str = "application/json"
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        return ((self.path,) if self.path else ()) + self.extra_paths
 
     @property
     def mutating(self) -> bool:
@@ -131,6 +148,8 @@ def operation(
     http_reason: str | None = None,
     cli: bool = True,
     cli_reason: str | None = None,
+    extra_paths: tuple[str, ...] = (),
+    content_type: str = "application/json",
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Declare the decorated function as an operation and file it in :data:`OPERATIONS`."""
 
@@ -170,10 +189,22 @@ def operation(
             http_reason=http_reason,
             cli=cli,
             cli_reason=cli_reason,
+            extra_paths=extra_paths,
+            content_type=content_type,
         )
-        missing = [w for w in op.path_params if w not in {p.name for p in op.params}]
-        if missing:
-            raise TypeError(f"{name}: path wildcards {missing} are not parameters")
+        if not cli and not cli_reason:
+            raise TypeError(f"{name}: an operation without a generated command must say why (cli_reason)")
+        for route in op.paths:
+            wildcards = re.findall(r"<(\w+)>", route)
+            missing = [w for w in wildcards if w not in {p.name for p in op.params}]
+            if missing:
+                raise TypeError(f"{name}: path wildcards {missing} are not parameters")
+            if set(wildcards) != set(op.path_params):
+                raise TypeError(f"{name}: every path must have the same wildcards")
+        for v in variants:
+            bad = sorted((set(v.fixed) | set(v.omit)) - {p.name for p in op.params})
+            if bad:
+                raise TypeError(f"{name}: variant {v.verb} names unknown values {bad}")
         if name in OPERATIONS:
             raise TypeError(f"{name}: declared twice")
         OPERATIONS[name] = op

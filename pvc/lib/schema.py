@@ -101,6 +101,100 @@ def node_key(name: str, field: str) -> str:
     return f"{node(name)}/{field}"
 
 
+# --- VMs (original §3.5) ---------------------------------------------------------------------
+
+#: The children of /domains/<uuid>; the key itself holds the VM's name.
+DOMAIN_FIELDS = ("state", "node", "lastnode", "failedreason", "consolelog", "rbdlist", "xml")
+
+
+def domain(uuid: str) -> str:
+    """/domains/<uuid>: its value is the VM's name."""
+    return f"{DOMAINS}/{validate_name('VM UUID', uuid)}"
+
+
+def domain_key(uuid: str, field: str) -> str:
+    """/domains/<uuid>/<field> for one of DOMAIN_FIELDS."""
+    if field not in DOMAIN_FIELDS:
+        raise ValueError(f"unknown VM field {field!r}")
+    return f"{domain(uuid)}/{field}"
+
+
+# --- networks (original §3.6) -----------------------------------------------------------------
+
+#: The value children of /networks/<vni>; the key itself holds the description.
+NETWORK_FIELDS = (
+    "nettype",
+    "domain",
+    "ip4_network",
+    "ip4_gateway",
+    "ip6_network",
+    "ip6_gateway",
+    "dhcp4_flag",
+    "dhcp6_flag",
+    "dhcp4_start",
+    "dhcp4_end",
+)
+#: The container children of /networks/<vni>, created empty with the network.
+NETWORK_CONTAINERS = ("dhcp4_leases", "dhcp4_reservations", "firewall_rules")
+ACL_DIRECTIONS = ("in", "out")
+#: Children of a dynamic lease (written by the DHCP server's hook) and of a static reservation.
+LEASE_FIELDS = ("expiry", "ipaddr", "hostname", "clientid")
+RESERVATION_FIELDS = ("ipaddr", "hostname")
+ACL_FIELDS = ("order", "rule")
+
+
+def network(vni: str | int) -> str:
+    """/networks/<vni>: its value is the network's description."""
+    return f"{NETWORKS}/{validate_name('VNI', str(vni))}"
+
+
+def network_key(vni: str | int, field: str) -> str:
+    """/networks/<vni>/<field> for one of NETWORK_FIELDS or NETWORK_CONTAINERS."""
+    if field not in NETWORK_FIELDS + NETWORK_CONTAINERS:
+        raise ValueError(f"unknown network field {field!r}")
+    return f"{network(vni)}/{field}"
+
+
+def lease(vni: str | int, mac: str) -> str:
+    """/networks/<vni>/dhcp4_leases/<mac>: a dynamic lease."""
+    return f"{network_key(vni, 'dhcp4_leases')}/{validate_name('MAC address', mac)}"
+
+
+def lease_key(vni: str | int, mac: str, field: str) -> str:
+    if field not in LEASE_FIELDS:
+        raise ValueError(f"unknown lease field {field!r}")
+    return f"{lease(vni, mac)}/{field}"
+
+
+def reservation(vni: str | int, mac: str) -> str:
+    """/networks/<vni>/dhcp4_reservations/<mac>: a static reservation (value `static`)."""
+    return f"{network_key(vni, 'dhcp4_reservations')}/{validate_name('MAC address', mac)}"
+
+
+def reservation_key(vni: str | int, mac: str, field: str) -> str:
+    if field not in RESERVATION_FIELDS:
+        raise ValueError(f"unknown reservation field {field!r}")
+    return f"{reservation(vni, mac)}/{field}"
+
+
+def acl_direction(vni: str | int, direction: str) -> str:
+    """/networks/<vni>/firewall_rules/<in|out>."""
+    if direction not in ACL_DIRECTIONS:
+        raise InvalidArgument(f"Invalid direction {quote(direction)}: it must be 'in' or 'out'.")
+    return f"{network_key(vni, 'firewall_rules')}/{direction}"
+
+
+def acl(vni: str | int, direction: str, description: str) -> str:
+    """/networks/<vni>/firewall_rules/<direction>/<description>."""
+    return f"{acl_direction(vni, direction)}/{validate_name('ACL description', description)}"
+
+
+def acl_key(vni: str | int, direction: str, description: str, field: str) -> str:
+    if field not in ACL_FIELDS:
+        raise ValueError(f"unknown ACL field {field!r}")
+    return f"{acl(vni, direction, description)}/{field}"
+
+
 def parent(path: str) -> str:
     """The parent key of ``path`` ('/' for a top-level key)."""
     head = path.rsplit("/", 1)[0]

@@ -15,7 +15,7 @@ import bottle
 
 from pvc import __version__
 from pvc.lib.core import Cluster
-from pvc.lib.errors import AuthenticationError, PvcError
+from pvc.lib.errors import AuthenticationError, NotImplementedYet, PvcError
 from pvc.lib.registry import load_all
 from pvc.server.auth import COOKIE, HEADER, Authenticator
 from pvc.server.errors import dumps, error_body, status_for
@@ -34,6 +34,13 @@ LOGIN_FORM = """<!DOCTYPE html>
 </form></body></html>
 """
 
+
+#: Routes the manual marks "todo v0.6": they answer 501 with a JSON message (behind auth, like
+#: their neighbours), so a client learns it is not there rather than getting a 405.
+PLANNED = {
+    ("POST", "/vm/<vm>"): "Creating a VM from a template (the provisioner) is not implemented; "
+                          "define the VM with POST /api/v1/vm instead.",
+}
 
 #: The root's status: 209 as the original, with a reason phrase (HTTP has none for 209).
 ROOT_STATUS = "209 PVC API"
@@ -135,6 +142,11 @@ def create_app(core: Cluster) -> bottle.Bottle:
         res.delete_cookie(COOKIE, path="/api/v1")
         return res
 
+    for (method, path), message in PLANNED.items():
+        def planned(message: str = message, **_: str) -> Any:
+            raise NotImplementedYet(message)
+
+        app.route(PREFIX + path, method=method, callback=planned)
     add_routes(app, core, load_all())
     return app
 

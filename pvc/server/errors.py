@@ -17,6 +17,7 @@ from pvc.lib.errors import (
     InvalidArgument,
     InvalidState,
     NotFound,
+    NotImplementedYet,
     PvcError,
     Timeout,
     Unavailable,
@@ -36,7 +37,7 @@ READ_STATUS: dict[type[PvcError], int] = {
     Timeout: 504,
 }
 #: Statuses that do not depend on the method.
-ALWAYS: dict[type[PvcError], int] = {Unavailable: 503, AuthenticationError: 401}
+ALWAYS: dict[type[PvcError], int] = {Unavailable: 503, AuthenticationError: 401, NotImplementedYet: 501}
 
 
 def status_for(error: PvcError, mutating: bool) -> int:

@@ -35,6 +35,8 @@ def route_callback(op: Operation, core: Cluster) -> Callable[..., Any]:
             elif p.required:
                 raise InvalidArgument(f"Missing value {quote(http_name)}: {p.help}")
         result = op.func(core, **kwargs)
+        if op.result == "document":
+            return bottle.HTTPResponse(result, 200, {"Content-Type": op.content_type})
         return {"message": result} if op.result == "message" else result
 
     return callback
@@ -42,12 +44,13 @@ def route_callback(op: Operation, core: Cluster) -> Callable[..., Any]:
 
 def add_routes(app: bottle.Bottle, core: Cluster, operations: dict[str, Operation]) -> None:
     for op in operations.values():
-        if op.path is None:
-            continue
-        app.route(PREFIX + op.path, method=op.method, callback=route_callback(op, core), name=op.name,
-                  pvc_operation=op)
+        callback = route_callback(op, core)
+        for path in op.paths:
+            # Only the main path carries the name: bottle's URL builder wants one rule per name.
+            name = op.name if path == op.path else None
+            app.route(PREFIX + path, method=op.method, callback=callback, name=name, pvc_operation=op)
 
 
 def route_table(operations: dict[str, Operation]) -> list[tuple[str, str, str]]:
     """(method, path, operation) for every operation route, as `pvc serve --routes` lists them."""
-    return [(op.method, PREFIX + op.path, op.name) for op in operations.values() if op.path is not None]
+    return [(op.method, PREFIX + path, op.name) for op in operations.values() for path in op.paths]

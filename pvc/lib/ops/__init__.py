@@ -1,3 +1,3 @@
-"""Every operation module; importing this package fills the registry."""
+"""Every operation module; importing this package registers all declarations."""
 
-from pvc.lib.ops import cluster, node  # noqa: F401
+from pvc.lib.ops import cluster, network, node  # noqa: F401

@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from pvc.cli import cli
+from pvc.cli.groups import GROUPS
 from pvc.lib.config import Settings
 from pvc.lib.core import Cluster
 from pvc.lib.errors import InvalidArgument
@@ -32,7 +33,7 @@ NON_OPERATION_ROUTES = {
 }
 
 #: Commands of `pvc` that are not operations (STYLE.md 2A.5).
-NON_OPERATION_COMMANDS = {("serve",)}
+NON_OPERATION_COMMANDS = {("serve",), ("network", "lease", "hook")}
 
 #: The whole route table, method + path → operation. A new route is added here on purpose.
 ROUTES = {
@@ -43,10 +44,38 @@ ROUTES = {
     ("POST", "/api/v1/node/<node>/coordinator-state"): "node.set-coordinator-state",
     ("GET", "/api/v1/node/<node>/domain-state"): "node.domain-state",
     ("POST", "/api/v1/node/<node>/domain-state"): "node.set-domain-state",
+    ("GET", "/api/v1/vm"): "vm.list",
+    ("POST", "/api/v1/vm"): "vm.define",
+    ("GET", "/api/v1/vm/<vm>"): "vm.info",
+    ("PUT", "/api/v1/vm/<vm>"): "vm.modify",
+    ("DELETE", "/api/v1/vm/<vm>"): "vm.undefine",
+    ("GET", "/api/v1/vm/<vm>/state"): "vm.state",
+    ("POST", "/api/v1/vm/<vm>/state"): "vm.set-state",
+    ("GET", "/api/v1/vm/<vm>/node"): "vm.node",
+    ("POST", "/api/v1/vm/<vm>/node"): "vm.set-node",
+    ("GET", "/api/v1/vm/<vm>/dump"): "vm.dump",
+    ("GET", "/api/v1/network/<network>/acl"): "network.acl.list",
+    ("POST", "/api/v1/network/<network>/acl"): "network.acl.add",
+    ("GET", "/api/v1/network/<network>/acl/<acl>"): "network.acl.info",
+    ("DELETE", "/api/v1/network/<network>/acl/<acl>"): "network.acl.remove",
+    ("GET", "/api/v1/network"): "network.list",
+    ("POST", "/api/v1/network"): "network.add",
+    ("GET", "/api/v1/network/<network>"): "network.info",
+    ("PUT", "/api/v1/network/<network>"): "network.modify",
+    ("DELETE", "/api/v1/network/<network>"): "network.remove",
+    ("GET", "/api/v1/network/<network>/lease"): "network.lease.list",
+    ("POST", "/api/v1/network/<network>/lease"): "network.lease.add",
+    ("GET", "/api/v1/network/<network>/lease/<lease>"): "network.lease.info",
+    ("GET", "/api/v1/network/<network>/dhcp/<lease>"): "network.lease.info",
+    ("DELETE", "/api/v1/network/<network>/lease/<lease>"): "network.lease.remove",
+    ("DELETE", "/api/v1/network/<network>/dhcp/<lease>"): "network.lease.remove",
 }
 
-#: Options the CLI adds to operation commands by itself (output, waiting, confirmation).
-CLI_EXTRAS = {"_format", "_long", "_wait", "_timeout", "_yes", "help"}
+#: Operations declared cli=False whose command is written by hand (pvc/cli/commands/).
+HAND_WRITTEN = {"vm.modify": ("vm", "modify")}
+
+#: Options the CLI adds to operation commands by itself (output, waiting, confirmation, raw names).
+CLI_EXTRAS = {"_format", "_long", "_raw", "_wait", "_timeout", "_yes", "help"}
 
 
 def op_ids(op: Operation) -> str:
@@ -94,7 +123,8 @@ def app(tmp_path: Path) -> Any:
 
 
 def test_there_are_operations() -> None:
-    assert len(OPS) >= len(ROUTES) + 1  # the node section and `init`
+    # every route belongs to one operation, and `init` has no route
+    assert {name for name in ROUTES.values()} | {"init"} == set(OPS)
 
 
 @ALL
@@ -110,13 +140,17 @@ def test_route_or_a_reason(op: Operation) -> None:
 def test_command_for_each_variant_or_verb(op: Operation) -> None:
     if not op.cli:
         assert op.cli_reason, f"{op.name}: cli=False needs a cli_reason"
+        if op.name in HAND_WRITTEN:
+            assert not isinstance(command_at(HAND_WRITTEN[op.name]), click.Group)
         return
+    omitted = {op.group + (v.verb,): set(v.omit) for v in op.variants}
     for path, fixed in cli_names(op):
         command = command_at(path)
         assert not isinstance(command, click.Group), f"`pvc {' '.join(path)}` is a group, not a command"
         # The command takes exactly the operation's values that the variant leaves open.
         taken = {p.name for p in command.params} - CLI_EXTRAS
-        assert taken == {p.name for p in op.params if p.name not in fixed}, f"pvc {' '.join(path)}"
+        left_open = {p.name for p in op.params if p.name not in fixed and p.name not in omitted.get(path, set())}
+        assert taken == left_open, f"pvc {' '.join(path)}"
 
 
 @ALL
@@ -243,13 +277,17 @@ def test_command_group_follows_the_path(op: Operation) -> None:
 
 
 def test_cli_tree_is_the_registry() -> None:
-    expected = set(NON_OPERATION_COMMANDS)
+    expected = set(NON_OPERATION_COMMANDS) | set(HAND_WRITTEN.values())
     for op in OPS.values():
         for i in range(1, len(op.group) + 1):
             expected.add(op.group[:i])
         if op.cli:
             expected.update(path for path, _ in cli_names(op))
             expected.update(op.group + (a,) for v in op.variants for a in v.aliases)
+    for group, (_, aliases) in GROUPS.items():  # an alias group holds the same commands
+        prefix = tuple(group.split())
+        expected.update(p[: len(prefix) - 1] + (alias,) + p[len(prefix):]
+                        for p in list(expected) for alias in aliases if p[: len(prefix)] == prefix)
     assert {path for path, _ in walk(cli)} == expected
 
 
@@ -363,5 +401,9 @@ def test_cli_uses_the_same_converter() -> None:
     for op in OPS.values():
         for path, _ in cli_names(op) if op.cli else []:
             for p in command_at(path).params:
-                if p.name not in CLI_EXTRAS and not getattr(p, "is_flag", False):
+                if p.name in CLI_EXTRAS or getattr(p, "is_flag", False):
+                    continue
+                if op.param(p.name).cli_file:  # read from a file; its text is converted after reading
+                    assert isinstance(p.type, click.File) and p.type.mode == "rb"
+                else:
                     assert isinstance(p.type, ValueType) and p.type.param is op.param(p.name)

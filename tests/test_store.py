@@ -1182,3 +1182,30 @@ def test_zookeeper_store_opened_while_down(outage_server: ZooKeeperServer) -> No
         store.delete_tree(key)
     finally:
         store.close()
+
+
+def test_embedded_many_open_a_new_file_at_once(tmp_path: Any) -> None:
+    """Sessions opening a brand-new file together all succeed: switching it to WAL mode can fail
+    at once with "database is locked" (SQLite does not busy-wait there), which must be waited out."""
+    failures: list[BaseException] = []
+    for round_ in range(100):  # the race is rare: many rounds give it a chance to show
+        path = str(tmp_path / f"new-{round_}.sqlite")
+        barrier = threading.Barrier(16)
+
+        def open_one() -> None:
+            barrier.wait(30)
+            try:
+                store = EmbeddedStore(path, timeout=5.0)
+                try:
+                    assert store.exists("/")
+                finally:
+                    store.close()
+            except BaseException as e:  # collected and asserted below, with the round
+                failures.append(e)
+
+        threads = [threading.Thread(target=open_one) for _ in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert failures == [], (round_, failures)

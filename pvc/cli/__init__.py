@@ -11,8 +11,10 @@ import click
 
 from pvc import __version__
 from pvc.cli import views  # noqa: F401  (registers the table views)
-from pvc.cli.build import add_operations
+from pvc.cli.build import add_operations, group_for
+from pvc.cli.commands.lease_hook import lease_hook
 from pvc.cli.commands.serve import serve
+from pvc.cli.commands.vm_modify import modify as vm_modify
 from pvc.cli.context import CliContext
 from pvc.cli.groups import GROUPS
 from pvc.lib.core import Cluster
@@ -40,6 +42,8 @@ def cli(ctx: click.Context, config: str | None) -> None:
 
 add_operations(cli, load_all(), GROUPS)
 cli.add_command(serve)
+group_for(cli, ("network", "lease"), GROUPS).add_command(lease_hook)
+group_for(cli, ("vm",), GROUPS).add_command(vm_modify)
 
 
 def main() -> None:

@@ -53,17 +53,29 @@ def click_param(p: Param) -> click.Parameter:
     if p.positional:
         required = p.required and p.cli_default is None
         metavar = "FILE" if p.cli_file else p.metavar
-        kind: click.ParamType = click.File("r", encoding="utf-8") if p.cli_file else ValueType(p)
+        # Bytes, decoded as UTF-8 below: text mode would turn CRLF into LF, and the document is
+        # stored exactly as given.
+        kind: click.ParamType = click.File("rb") if p.cli_file else ValueType(p)
         return click.Argument([p.name], type=kind, required=required, metavar=metavar if required else f"[{metavar}]")
     flag = "--" + p.name.replace("_", "-")
     names = [flag, *p.cli_aliases] + ([p.short] if p.short else [])
     if p.kind == "flag":
         if p.default is None:  # tri-state: not given leaves the value alone (PUT-style changes)
-            negative = "--no-" + flag[2:]
-            return click.Option([f"{flag}/{negative}", p.name], default=None, help=p.help)
+            pairs = [f"--{n[2:]}/--no-{n[2:]}" for n in [flag, *p.cli_aliases] if n.startswith("--")]
+            return click.Option(pairs + [p.name], default=None, help=p.help)
         return click.Option(names + [p.name], is_flag=True, default=bool(p.default), help=p.help)
-    return click.Option(names + [p.name], type=ValueType(p), required=p.required, default=p.default, help=p.help,
+    if p.required:  # Click 8.5 does not enforce `required` on an option given an explicit default
+        return click.Option(names + [p.name], type=ValueType(p), required=True, help=p.help)
+    return click.Option(names + [p.name], type=ValueType(p), default=p.default, help=p.help,
                         show_default=p.default is not None)
+
+
+def read_text(handle: Any, hint: str) -> str:
+    """The whole content of a file opened in binary mode, as UTF-8 text, line endings untouched."""
+    try:
+        return handle.read().decode("utf-8")
+    except UnicodeDecodeError:
+        raise click.BadParameter("the file is not UTF-8 text.", param_hint=hint) from None
 
 
 def _read_files(op: Operation, values: dict[str, Any]) -> None:
@@ -71,10 +83,7 @@ def _read_files(op: Operation, values: dict[str, Any]) -> None:
     for p in op.params:
         handle = values.get(p.name)
         if p.cli_file and handle is not None and hasattr(handle, "read"):
-            try:
-                values[p.name] = convert(p, handle.read())
-            except UnicodeDecodeError:
-                raise click.BadParameter("the file is not UTF-8 text.", param_hint=p.metavar) from None
+            values[p.name] = convert(p, read_text(handle, "FILE"))
 
 
 def _command(op: Operation, verb: str, help_text: str, fixed: dict[str, Any], wait: Callable[..., str] | None,
@@ -130,18 +139,26 @@ def _command(op: Operation, verb: str, help_text: str, fixed: dict[str, Any], wa
         except KeyboardInterrupt:  # Click would say "Aborted!" and exit 1; the table says 130
             click.echo("Interrupted.", err=True)
             ctx.exit(int(Exit.INTERRUPTED))
-        if op.result in ("message", "document"):
+        if op.result == "document":  # exactly as stored: no newline added to one that ends in one
+            click.echo(result, nl=not result.endswith("\n"))
+        elif op.result == "message":
             click.echo(result)
         elif raw and view is not None and view.raw is not None:
             click.echo(view.raw(result))
         else:
             colour = use_colour()
-            click.echo(render(result, fmt, op.render, colour, long), color=colour)
+            try:
+                text = render(result, fmt, op.render, colour, long, core)
+            except PvcError as e:
+                raise CommandFailed(e) from None
+            click.echo(text, color=colour)
 
     positional = [p for p in op.params if p.positional and p.name not in hidden]
     if positional:  # Click shows no help for arguments; list them under the text
+        names = ["FILE" if p.cli_file else p.metavar for p in positional]
+        width = max(10, max(len(n) for n in names) + 2)
         help_text += "\n\nArguments:\n\n\b\n" + "\n".join(
-            f"  {'FILE' if p.cli_file else p.metavar:<10}{p.help}" for p in positional)
+            f"  {name:<{width}}{p.help}" for name, p in zip(names, positional))
     return click.Command(verb, params=arguments + options, callback=callback, help=help_text,
                          short_help=help_text.split("\n", 1)[0])
 

@@ -54,24 +54,27 @@ class Renderer:
     """A table renderer: ``fn(data, paint, long) -> str``; ``long`` adds a -l/--long option and
     ``raw`` (``raw(data) -> str``) a -r/--raw option printing bare names."""
 
-    fn: Callable[[Any, Paint, bool], str]
+    fn: Callable[..., str]
     long: bool = False
     raw: Callable[[Any], str] | None = None
+    #: ``context(core, data, long)``: more data the table needs (e.g. which networks exist),
+    #: passed to ``fn`` as ``context=``; read only for tables, never for JSON.
+    context: Callable[[Any], Any] | None = None
 
 
 RENDERERS: dict[str, Renderer] = {}
 
 
-def renderer(name: str, long: bool = False, raw: Callable[[Any], str] | None = None
-             ) -> Callable[[Callable[[Any, Paint, bool], str]], Callable[[Any, Paint, bool], str]]:
-    def register(fn: Callable[[Any, Paint, bool], str]) -> Callable[[Any, Paint, bool], str]:
-        RENDERERS[name] = Renderer(fn, long, raw)
+def renderer(name: str, long: bool = False, raw: Callable[[Any], str] | None = None,
+             context: Callable[[Any], Any] | None = None) -> Callable[[Callable[..., str]], Callable[..., str]]:
+    def register(fn: Callable[..., str]) -> Callable[..., str]:
+        RENDERERS[name] = Renderer(fn, long, raw, context)
         return fn
 
     return register
 
 
-def render(data: Any, fmt: str, name: str | None, colour: bool, long: bool = False) -> str:
+def render(data: Any, fmt: str, name: str | None, colour: bool, long: bool = False, core: Any = None) -> str:
     """The text to print for ``data`` in format ``fmt``."""
     if fmt == "json":
         return json.dumps(data, sort_keys=True)
@@ -79,7 +82,10 @@ def render(data: Any, fmt: str, name: str | None, colour: bool, long: bool = Fal
         return json.dumps(data, sort_keys=True, indent=2)
     if name is None:
         return json.dumps(data, sort_keys=True, indent=2)
-    return RENDERERS[name].fn(data, Paint(colour), long)
+    view = RENDERERS[name]
+    if view.context is not None:
+        return view.fn(data, Paint(colour), long, context=view.context(core, data, long))
+    return view.fn(data, Paint(colour), long)
 
 
 def table(headers: list[str], rows: list[list[Any]], paint: Paint) -> str:

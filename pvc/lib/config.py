@@ -55,6 +55,7 @@ class Settings:
     zk_chroot: str | None = None
     store_timeout: float = 5.0
     wait_timeout: float = 600.0
+    target_selector: str = "mem"
     source: str = field(default="built-in defaults", compare=False)
 
     @property
@@ -199,6 +200,16 @@ def _tokens(value: Any) -> tuple[Token, ...]:
     return tuple(tokens)
 
 
+#: The node selectors of define and migrate (the manual's list).
+SELECTORS = ("mem", "vcpus", "load", "vms")
+
+
+def _selector(value: Any) -> str:
+    if value not in SELECTORS:
+        raise ValueError(f"must be one of {', '.join(SELECTORS)}")
+    return value
+
+
 @dataclass(frozen=True)
 class Key:
     """One configuration key: where it sits in the file and which Settings field it fills."""
@@ -228,6 +239,8 @@ KEYS: tuple[Key, ...] = (
     Key("pvc.store.chroot", "zk_chroot", _chroot, False, "ZooKeeper path under which the cluster lives."),
     Key("pvc.store.timeout", "store_timeout", _positive, False, "Seconds to wait for the store (default 5)."),
     Key("pvc.timeouts.wait", "wait_timeout", _positive, False, "Deadline of `--wait` (default 600)."),
+    Key("pvc.system.migration.target_selector", "target_selector", _selector, False,
+        "How a node is chosen for a VM when none is given: mem, vcpus, load or vms (default mem)."),
 )
 
 _SECTIONS = {k.path.rsplit(".", 1)[0] for k in KEYS} | {"pvc.api", "pvc"}

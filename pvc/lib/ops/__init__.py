@@ -1,3 +1,3 @@
 """Every operation module; importing this package registers all declarations."""
 
-from pvc.lib.ops import cluster, network, node  # noqa: F401
+from pvc.lib.ops import acl, cluster, lease, network, node, vm  # noqa: F401

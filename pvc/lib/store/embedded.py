@@ -14,6 +14,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from typing import Callable, Iterable, Sequence
 
 from pvc.lib.errors import AlreadyExists, Conflict, NotFound, Unavailable
@@ -61,7 +62,10 @@ class EmbeddedStore(Store):
         try:
             os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
             conn = self._conn()
-            conn.executescript(_SCHEMA)
+            if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone() is None:
+                # Under the write lock, taken up front: a statement that starts reading and then
+                # wants to write fails at once (no busy wait) when another process wrote between.
+                conn.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
         except (OSError, sqlite3.Error) as e:
             self.close()
             raise Unavailable(f"Cannot open the embedded store {self.path}: {e}") from None
@@ -70,7 +74,7 @@ class EmbeddedStore(Store):
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False)
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
+            _wal(conn, self.timeout)
             conn.execute("PRAGMA synchronous=NORMAL")
         except BaseException:
             conn.close()
@@ -266,6 +270,20 @@ class _Watch:
         self.active = True
         #: Whether the watcher thread has compared it with the tree at least once.
         self.compared = False
+
+
+def _wal(conn: sqlite3.Connection, timeout: float) -> None:
+    """Put the file in WAL mode. When several processes open a new file at once, switching the
+    mode can fail with "database is locked" at once, without SQLite's busy wait; wait here."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def _read_state(

@@ -1,0 +1,94 @@
+"""`pvc network lease hook`: dnsmasq's ``--dhcp-script``, recording DHCP leases in the cluster.
+
+dnsmasq runs its script with ``add|old|del MAC IP [HOSTNAME]`` for each lease event and with
+``init`` at start-up, when it reads its leases back from the script's output (it is started with
+``--leasefile-ro``). The lease's details come in the environment: ``DNSMASQ_LEASE_EXPIRES`` (or
+``DNSMASQ_LEASE_LENGTH``), ``DNSMASQ_CLIENT_ID`` and the interface, the network's bridge
+``vmbr<vni>`` (``DNSMASQ_BRIDGE_INTERFACE``, which the original's daemon set for its dnsmasq, or
+dnsmasq's own ``DNSMASQ_INTERFACE``). This command reads them and calls
+:mod:`pvc.lib.dhcp_leases`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import time
+
+import click
+
+from pvc.cli.context import CliContext
+from pvc.cli.errors import CommandFailed
+from pvc.lib.errors import InvalidArgument, PvcError
+
+#: Events that change leases, the start-up event, and events dnsmasq may also send that carry no
+#: DHCPv4 lease (TFTP transfers, ARP changes with --script-arp); those are ignored.
+LEASE_EVENTS = ("add", "old", "del")
+IGNORED = ("tftp", "arp", "arp-add", "arp-old", "arp-del", "relay-snoop")
+INTERFACE_VARIABLES = ("DNSMASQ_BRIDGE_INTERFACE", "DNSMASQ_INTERFACE")
+
+
+def _network(core: object, network: str | None) -> str:
+    from pvc.lib.dhcp_leases import vni_of_bridge
+    from pvc.lib.ops.network import resolve_vni
+
+    if network:
+        return resolve_vni(core, network)  # type: ignore[arg-type]
+    for name in INTERFACE_VARIABLES:
+        interface = os.environ.get(name)
+        if interface:
+            return resolve_vni(core, vni_of_bridge(interface))  # type: ignore[arg-type]
+    raise InvalidArgument("No network: give --network, or run from dnsmasq with DNSMASQ_BRIDGE_INTERFACE or "
+                          "DNSMASQ_INTERFACE set to the network's bridge (vmbr<vni>).")
+
+
+def _is_ipv6(text: str | None) -> bool:
+    try:
+        return ipaddress.ip_address(text or "").version == 6
+    except ValueError:
+        return False
+
+
+@click.command("hook")
+@click.argument("action", type=click.Choice(("init",) + LEASE_EVENTS + IGNORED))
+@click.argument("mac", required=False)
+@click.argument("ip", required=False)
+@click.argument("hostname", required=False)
+@click.option("--network", metavar="NETWORK",
+              help="VNI or description of the network (default: from the bridge vmbr<vni> in "
+                   "DNSMASQ_BRIDGE_INTERFACE or DNSMASQ_INTERFACE).")
+@click.pass_context
+def lease_hook(ctx: click.Context, action: str, mac: str | None, ip: str | None, hostname: str | None,
+               network: str | None) -> None:
+    """Record DHCP leases from dnsmasq (its --dhcp-script).
+
+    dnsmasq calls its script with ACTION MAC IP [HOSTNAME]: `add` and `old` record the lease,
+    `del` removes it, and `init` prints the recorded leases in dnsmasq's lease-file format.
+    Point --dhcp-script at a wrapper such as `exec pvc network lease hook "$@"`, and start
+    dnsmasq with --leasefile-ro. DHCPv6 events and TFTP/ARP events are ignored.
+    """
+    if action in IGNORED:
+        return
+    if action in LEASE_EVENTS and (mac is None or ip is None):
+        raise click.UsageError(f"'{action}' needs MAC and IP arguments.", ctx)
+    if action == "init" and mac is not None:
+        raise click.UsageError("'init' takes no further arguments.", ctx)
+    if action in LEASE_EVENTS and _is_ipv6(ip):
+        return  # a DHCPv6 lease (MAC is then a DUID); only DHCPv4 leases are recorded
+    from pvc.lib import dhcp_leases
+
+    core = ctx.find_object(CliContext).core()
+    try:
+        vni = _network(core, network)
+        if action == "init":
+            for line in dhcp_leases.lease_file_lines(core, vni):
+                click.echo(line)
+        elif action == "del":
+            dhcp_leases.forget_lease(core, vni, mac)  # type: ignore[arg-type]
+        else:
+            expiry = dhcp_leases.lease_expiry(os.environ.get("DNSMASQ_LEASE_EXPIRES"),
+                                              os.environ.get("DNSMASQ_LEASE_LENGTH"), time.time())
+            dhcp_leases.record_lease(core, vni, mac, ip, hostname or None, expiry,  # type: ignore[arg-type]
+                                     os.environ.get("DNSMASQ_CLIENT_ID") or None)
+    except PvcError as e:
+        raise CommandFailed(e) from None

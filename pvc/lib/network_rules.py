@@ -1,0 +1,175 @@
+"""The rules a virtual network must follow, checked with :mod:`ipaddress` on the network as a whole:
+on add, and again after a modify has merged its changes into the stored network.
+
+Decisions where the manual is silent or loose:
+
+- A bridged network takes no IP or DHCP values: they are refused, not silently dropped (the
+  manual says "ignored"). Its DNS ``domain`` is kept, as the original kept it.
+- An invalid ``ip6_gateway`` is refused rather than replaced by the default; a missing one is
+  the network address + 1 (``fd00:1::/64`` → ``fd00:1::1``).
+- Networks are given in CIDR form and stored normalised (``fd00:1:0:0::/64`` → ``fd00:1::/64``);
+  host bits set are an error. An IPv4 network must leave room for a gateway and hosts (/30 or
+  larger), an IPv6 one for a gateway (/127 or larger).
+- DHCPv4 needs an IPv4 network; ``dhcp4_start``/``dhcp4_end`` without DHCP switched on are
+  refused; switching DHCP off clears the range.
+- A description must also not be all digits: ``<network>`` arguments that are all digits are
+  VNIs (as in the original), so such a description could never be named.
+- On modify an empty value clears an optional value (``ip6_network=`` removes IPv6, ``domain=``
+  restores the default domain); clearing a network clears its gateway too, and a new IPv6
+  network without a gateway gets the default one. ``vni`` and ``nettype`` cannot change.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from pvc.lib import schema
+from pvc.lib.errors import InvalidArgument, quote
+
+BRIDGED, MANAGED = "bridged", "managed"
+NETTYPES = (BRIDGED, MANAGED)
+#: Largest VNI of each type: a vLAN ID, a VXLAN ID.
+VNI_MAX = {BRIDGED: 4094, MANAGED: 16777215}
+#: The optional values a bridged network does not take.
+IP_VALUES = ("ip4_network", "ip4_gateway", "ip6_network", "ip6_gateway", "dhcp4_start", "dhcp4_end")
+#: The store's text for an unset value and for the flags (original §3.1).
+UNSET, TRUE, FALSE = "None", "True", "False"
+
+
+def vni_number(vni: Any) -> int:
+    if isinstance(vni, bool) or not isinstance(vni, (int, str)):
+        raise InvalidArgument(f"Invalid VNI {quote(vni)}: it must be an integer.")
+    if isinstance(vni, str):
+        text = vni.strip()
+        if not (text.isascii() and text.lstrip("-").isdigit()):
+            raise InvalidArgument(f"Invalid VNI {quote(vni)}: it must be an integer.")
+        return int(text)
+    return vni
+
+
+def check_description(description: Any) -> str:
+    """A valid network description: a name without whitespace that is not all digits."""
+    if not isinstance(description, str):
+        raise InvalidArgument(f"Invalid network description {quote(description)}.")
+    if description and any(c.isspace() for c in description):
+        raise InvalidArgument(f"Invalid network description {quote(description)}: it must not contain whitespace.")
+    schema.validate_name("network description", description)
+    if description.isdigit():
+        raise InvalidArgument(
+            f"Invalid network description {quote(description)}: it must not be all digits (that names a VNI).")
+    return description
+
+
+def check_domain(domain: str) -> str:
+    if domain == "" or any(c.isspace() or not c.isprintable() for c in domain) or "/" in domain:
+        raise InvalidArgument(f"Invalid domain {quote(domain)}: it must be a DNS domain name without whitespace.")
+    if len(domain) > 253:
+        raise InvalidArgument(f"Invalid domain {quote(domain)}: it is longer than 253 characters.")
+    return domain
+
+
+def check_cidr(name: str, text: str, version: int) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    cls = ipaddress.IPv4Network if version == 4 else ipaddress.IPv6Network
+    example = "10.0.0.0/24" if version == 4 else "fd00:1::/64"
+    if "/" not in text:
+        raise InvalidArgument(f"Invalid {quote(name)} {quote(text)}: give an IPv{version} network in CIDR form, "
+                              f"such as {example}.")
+    try:
+        net = cls(text)
+    except ValueError:
+        try:
+            loose = cls(text, strict=False)
+        except ValueError:
+            raise InvalidArgument(f"Invalid {quote(name)} {quote(text)}: it is not an IPv{version} network in CIDR "
+                                  f"form, such as {example}.") from None
+        raise InvalidArgument(f"Invalid {quote(name)} {quote(text)}: it has host bits set; the network is "
+                              f"{loose}.") from None
+    smallest = 30 if version == 4 else 127
+    if net.prefixlen > smallest:
+        raise InvalidArgument(f"Invalid {quote(name)} {quote(text)}: a /{net.prefixlen} network leaves no room for "
+                              f"a gateway{' and hosts' if version == 4 else ''} (use /{smallest} or larger).")
+    return net
+
+
+def host_address(name: str, text: str, net: ipaddress.IPv4Network | ipaddress.IPv6Network
+                 ) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """``text`` as an address of a host of ``net``: inside it, not its network (or broadcast) address."""
+    cls = ipaddress.IPv4Address if net.version == 4 else ipaddress.IPv6Address
+    try:
+        address = cls(text)
+    except ValueError:
+        raise InvalidArgument(f"Invalid {quote(name)} {quote(text)}: it is not an IPv{net.version} address.") from None
+    if address not in net:
+        raise InvalidArgument(f"Invalid {quote(name)} {quote(text)}: it is not inside the network {net}.")
+    if address == net.network_address:
+        raise InvalidArgument(f"Invalid {quote(name)} {quote(text)}: it is the network address of {net}.")
+    if net.version == 4 and address == net.broadcast_address:
+        raise InvalidArgument(f"Invalid {quote(name)} {quote(text)}: it is the broadcast address of {net}.")
+    return address
+
+
+def check_network(vni: int, state: dict[str, Any]) -> dict[str, str]:
+    """Validate a whole network and return its stored values (NETWORK_FIELDS plus ``""``, the
+    description). ``state`` holds description, nettype, domain, the IP values (None when unset)
+    and dhcp4 (a bool)."""
+    nettype = state["nettype"]
+    if nettype not in NETTYPES:
+        raise InvalidArgument(f"Invalid network type {quote(nettype)}: it must be 'bridged' or 'managed'.")
+    top = VNI_MAX[nettype]
+    if not 1 <= vni <= top:
+        what = "vLAN ID" if nettype == BRIDGED else "VXLAN ID"
+        raise InvalidArgument(f"Invalid VNI {quote(vni)}: a {nettype} network's VNI is its {what}, from 1 to {top}.")
+    description = check_description(state["description"])
+    domain = check_domain(state["domain"] if state["domain"] is not None else f"{description}.local")
+    values = {"": description, "nettype": nettype, "domain": domain, "dhcp4_flag": FALSE, "dhcp6_flag": FALSE,
+              **{name: UNSET for name in IP_VALUES}}
+    if nettype == BRIDGED:
+        given = [name for name in IP_VALUES if state[name] is not None]
+        if given:
+            raise InvalidArgument(f"A bridged network takes no IP or DHCP values, but {quote(given[0])} is given "
+                                  f"({quote(state[given[0]])}).")
+        if state["dhcp4"]:
+            raise InvalidArgument("A bridged network takes no IP or DHCP values, but 'dhcp4' is switched on.")
+        return values
+    if state["ip4_network"] is None and state["ip6_network"] is None:
+        raise InvalidArgument(f"A managed network needs 'ip4_network' or 'ip6_network' (network {quote(description)}, "
+                              f"VNI {vni}).")
+    for v in (4, 6):
+        if state[f"ip{v}_gateway"] is not None and state[f"ip{v}_network"] is None:
+            raise InvalidArgument(f"'ip{v}_gateway' {quote(state[f'ip{v}_gateway'])} is given without "
+                                  f"'ip{v}_network'.")
+    if state["ip4_network"] is not None:
+        net4 = check_cidr("ip4_network", state["ip4_network"], 4)
+        if state["ip4_gateway"] is None:
+            raise InvalidArgument(f"'ip4_network' {quote(state['ip4_network'])} needs an 'ip4_gateway' inside it.")
+        gateway4 = host_address("ip4_gateway", state["ip4_gateway"], net4)
+        values.update(ip4_network=str(net4), ip4_gateway=str(gateway4))
+    if state["ip6_network"] is not None:
+        net6 = check_cidr("ip6_network", state["ip6_network"], 6)
+        if state["ip6_gateway"] is None:
+            gateway6 = net6.network_address + 1
+        else:
+            gateway6 = host_address("ip6_gateway", state["ip6_gateway"], net6)
+        values.update(ip6_network=str(net6), ip6_gateway=str(gateway6), dhcp6_flag=TRUE)
+    if not state["dhcp4"]:
+        for name in ("dhcp4_start", "dhcp4_end"):
+            if state[name] is not None:
+                raise InvalidArgument(f"{quote(name)} {quote(state[name])} is given but DHCPv4 is not switched on "
+                                      "('dhcp4').")
+        return values
+    if state["ip4_network"] is None:
+        raise InvalidArgument(f"DHCPv4 needs an IPv4 network: 'dhcp4' is switched on but 'ip4_network' is not given "
+                              f"(network {quote(description)}, VNI {vni}).")
+    for name in ("dhcp4_start", "dhcp4_end"):
+        if state[name] is None:
+            raise InvalidArgument(f"DHCPv4 needs {quote(name)}: it is not given (network {quote(description)}, "
+                                  f"VNI {vni}).")
+    start = host_address("dhcp4_start", state["dhcp4_start"], net4)
+    end = host_address("dhcp4_end", state["dhcp4_end"], net4)
+    if start > end:
+        raise InvalidArgument(f"Invalid DHCPv4 range: 'dhcp4_start' {quote(start)} is after 'dhcp4_end' {quote(end)}.")
+    if start <= gateway4 <= end:
+        raise InvalidArgument(f"Invalid DHCPv4 range {start} to {end}: it contains the gateway {quote(gateway4)}.")
+    values.update(dhcp4_flag=TRUE, dhcp4_start=str(start), dhcp4_end=str(end))
+    return values

@@ -1,0 +1,569 @@
+"""VM operations: the manual's VM endpoints.
+
+A VM is `/domains/<uuid>` (its value is the name) with its libvirt XML and the state, node and
+previous node the node agents act on (original §3.5). Clients only write the wanted state and
+node; the agent of the VM's node carries it out (start, stop, live migration).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from pvc.lib import schema
+from pvc.lib.config import SELECTORS
+from pvc.lib.core import Cluster
+from pvc.lib.errors import AlreadyExists, Conflict, InvalidArgument, InvalidState, NotFound, quote
+from pvc.lib.match import select_any
+from pvc.lib.ops.node import node_names, read_nodes
+from pvc.lib.registry import Param, Variant, completer, operation
+from pvc.lib.store import Check, Create, Delete, Entry, Set
+from pvc.lib.vm_xml import DomainXml, ParsedCache, canonical_uuid, read
+
+#: States a VM can be asked for, and those the list filter accepts.
+STATE_REQUESTS = ("start", "shutdown", "stop", "restart")
+STATES = ("start", "restart", "shutdown", "stop", "migrate", "failed")
+NODE_ACTIONS = ("migrate", "unmigrate")
+#: How many times a write that lost a race is re-read and tried again.
+ATTEMPTS = 10
+
+VM_ARG = Param("Name or UUID of the VM.", positional=True, complete="vm")
+NODE_OPT = Param("Node to use; one that does not exist means automatic selection.", short="-t", complete="node",
+                 cli_aliases=("--target",))
+SELECTOR_OPT = Param("How to choose the node when none is given (default: the cluster's, "
+                     "pvc.system.migration.target_selector).", kind="choice", choices=SELECTORS, short="-s")
+
+#: Parsed XML of the VMs this process has read, by UUID.
+PARSED = ParsedCache()
+
+
+@dataclass(frozen=True)
+class Vm:
+    """One VM's keys as read from the store."""
+
+    uuid: str
+    name: str
+    entries: dict[str, Entry | None]
+
+    def value(self, field: str) -> str | None:
+        entry = self.entries.get(field)
+        return None if entry is None else entry.value
+
+    def version(self, field: str) -> int | None:
+        entry = self.entries.get(field)
+        return None if entry is None else entry.version
+
+    @property
+    def state(self) -> str | None:
+        return self.value("state")
+
+    @property
+    def node(self) -> str | None:
+        return self.value("node")
+
+    @property
+    def last_node(self) -> str:
+        return self.value("lastnode") or ""
+
+
+def _uninitialised(core: Cluster) -> InvalidState:
+    return InvalidState(f"The cluster in {core.store.describe()} is not initialised; run 'pvc init'.")
+
+
+def vm_uuids(core: Cluster) -> list[str]:
+    try:
+        return core.store.children(schema.DOMAINS)
+    except NotFound:
+        raise _uninitialised(core) from None
+
+
+def read_vms(core: Cluster, uuids: list[str], fields: tuple[str, ...]) -> list[Vm]:
+    """The given fields of many VMs in one batch, in the given order; VMs gone meanwhile are left out."""
+    paths = [schema.domain(u) for u in uuids] + [schema.domain_key(u, f) for u in uuids for f in fields]
+    entries = core.store.get_many(paths)
+    out = []
+    for u in uuids:
+        head = entries[schema.domain(u)]
+        if head is not None:
+            out.append(Vm(u, head.value, {f: entries[schema.domain_key(u, f)] for f in fields}))
+    return out
+
+
+def _parsed(vm: Vm) -> DomainXml | None:
+    entry = vm.entries.get("xml")
+    if entry is None:
+        return None
+    try:
+        return PARSED.get(vm.uuid, entry.version, entry.value)
+    except InvalidArgument:
+        return None  # a tree written by other tools may hold XML we cannot read; show what we can
+
+
+def vm_object(vm: Vm) -> dict[str, Any]:
+    """A VM in the original's shape (its §2.7.2), with JSON types; XML parts missing are null."""
+    parsed = _parsed(vm)
+    facts = parsed.facts if parsed is not None else {}
+    last = vm.last_node
+    return {
+        "name": vm.name,
+        "uuid": vm.uuid,
+        "state": vm.state,
+        "node": vm.node,
+        "last_node": last,
+        "migrated": f"from {last}" if last else "no",
+        "failed_reason": vm.value("failedreason") or "",
+        "description": facts.get("description"),
+        "memory": facts.get("memory"),
+        "vcpu": facts.get("vcpu"),
+        "vcpu_topology": facts.get("vcpu_topology"),
+        "networks": facts.get("networks", []),
+        "type": facts.get("type"),
+        "arch": facts.get("arch"),
+        "machine": facts.get("machine"),
+        "console": facts.get("console"),
+        "emulator": facts.get("emulator"),
+        "features": facts.get("features", []),
+        "disks": facts.get("disks", []),
+        "controllers": facts.get("controllers", []),
+        "xml": vm.value("xml"),
+    }
+
+
+OBJECT_FIELDS = ("state", "node", "lastnode", "failedreason", "xml")
+
+
+def find_vm(core: Cluster, vm: str, fields: tuple[str, ...] = schema.DOMAIN_FIELDS) -> Vm:
+    """The VM named ``vm`` (exactly), or whose UUID it is; NotFound otherwise."""
+    uuid = canonical_uuid(vm)
+    if uuid is not None:
+        found = read_vms(core, [uuid], fields)
+        if found:
+            return found[0]
+        raise NotFound(f"VM {quote(vm)} not found.")
+    schema.validate_name("VM", vm)
+    names = read_vms(core, vm_uuids(core), ())
+    matches = [v.uuid for v in names if v.name == vm]
+    if not matches:
+        raise NotFound(f"VM {quote(vm)} not found.")
+    if len(matches) > 1:  # only a tree written by other tools can hold two VMs of one name
+        raise InvalidArgument(f"VM name {quote(vm)} is not unique ({', '.join(matches)}); use the UUID.")
+    found = read_vms(core, matches, fields)
+    if not found:
+        raise NotFound(f"VM {quote(vm)} not found.")
+    return found[0]
+
+
+def vms_using_bridge(core: Cluster, bridge: str) -> list[str]:
+    """Names of the VMs whose XML attaches an interface to ``bridge``, sorted."""
+    vms = read_vms(core, vm_uuids(core), ("xml",))
+    return sorted(v.name for v in vms if (p := _parsed(v)) is not None and bridge in p.bridges)
+
+
+@completer("vm")
+def complete_vms(core: Cluster, incomplete: str) -> list[str]:
+    return sorted(v.name for v in read_vms(core, vm_uuids(core), ()) if v.name.startswith(incomplete))
+
+
+# --- reads -----------------------------------------------------------------------------------
+
+
+@operation(
+    "vm", "list", "GET", "/vm", result="list", render="vm_list",
+    params={
+        "limit": Param("Show only VMs whose name or UUID matches this fuzzy regex.", positional=True),
+        "node": Param("Show only VMs on this node.", short="-t", complete="node", cli_aliases=("--target",)),
+        "state": Param("Show only VMs in this state.", kind="choice", choices=STATES, short="-s"),
+    },
+)
+def list_vms(core: Cluster, limit: str | None = None, node: str | None = None, state: str | None = None) -> list[dict[str, Any]]:
+    """List the VMs of the cluster.
+
+    LIMIT is the original's fuzzy regex, matched on the name and on the UUID. NODE and STATE
+    narrow the list further (all given conditions must hold).
+    """
+    if node is not None:
+        schema.validate_name("node", node)
+    if limit or node is not None or state is not None:
+        # Filter on the small keys first, so the XML of VMs left out is never fetched.
+        heads = read_vms(core, vm_uuids(core), ("state", "node"))
+        chosen = [v.uuid for v in select_any(heads, limit, lambda v: v.name, lambda v: v.uuid)
+                  if (node is None or v.node == node) and (state is None or v.state == state)]
+    else:
+        chosen = vm_uuids(core)
+    full = read_vms(core, chosen, OBJECT_FIELDS)
+    return [vm_object(v) for v in sorted(full, key=lambda v: (v.name, v.uuid))]
+
+
+@operation("vm", "info", "GET", "/vm/<vm>", result="list", render="vm_info", params={"vm": VM_ARG})
+def get_vm(core: Cluster, vm: str) -> list[dict[str, Any]]:
+    """Show one VM (exact name or UUID)."""
+    return [vm_object(find_vm(core, vm, OBJECT_FIELDS))]
+
+
+@operation("vm", "state", "GET", "/vm/<vm>/state", result="object", render="state", params={"vm": VM_ARG})
+def get_vm_state(core: Cluster, vm: str) -> dict[str, Any]:
+    """Show the state of a VM."""
+    found = find_vm(core, vm, ("state",))
+    return {"name": found.name, "state": found.state}
+
+
+@operation("vm", "node", "GET", "/vm/<vm>/node", result="object", render="vm_node", params={"vm": VM_ARG})
+def get_vm_node(core: Cluster, vm: str) -> dict[str, Any]:
+    """Show the node of a VM and, after a temporary migration, the node it came from."""
+    found = find_vm(core, vm, ("node", "lastnode"))
+    return {"name": found.name, "node": found.node, "last_node": found.last_node}
+
+
+@operation("vm", "dump", "GET", "/vm/<vm>/dump", result="document", content_type="application/xml",
+           params={"vm": VM_ARG})
+def dump_vm(core: Cluster, vm: str) -> str:
+    """Print the libvirt XML of a VM, exactly as stored."""
+    found = find_vm(core, vm, ("xml",))
+    xml = found.value("xml")
+    if xml is None:
+        raise NotFound(f"VM {quote(vm)} has no XML.")
+    return xml
+
+
+# --- node selection ----------------------------------------------------------------------------
+
+#: Node figure each selector minimises (None: counted from the VMs' nodes).
+SELECTOR_FIELDS = {"mem": "memalloc", "vcpus": "vcpualloc", "load": "cpuload", "vms": None}
+
+
+def _figure(text: str | None) -> float:
+    try:
+        return float(text) if text not in (None, "") else 0.0
+    except ValueError:
+        return float("inf")  # an unreadable figure never wins
+
+
+def select_node(core: Cluster, selector: str | None, exclude: str | None = None) -> str:
+    """The node a VM should go to: among nodes whose daemon runs and which are ready, except
+    ``exclude``, the one with the least of the selector's figure; ties go to the first name.
+
+    InvalidState, saying why each node was passed over, when there is no candidate; never a
+    fallback to a dead or flushed node.
+    """
+    selector = selector or core.settings.target_selector
+    if selector not in SELECTOR_FIELDS:
+        raise InvalidArgument(f"Invalid selector {quote(selector)}: it must be one of {', '.join(SELECTORS)}.")
+    field = SELECTOR_FIELDS[selector]
+    fields = ("daemonstate", "domainstate") + ((field,) if field else ())
+    nodes = read_nodes(core, node_names(core), fields)
+    reasons = []
+    candidates = []
+    for name, values in sorted(nodes.items()):
+        if name == exclude:
+            reasons.append(f"{name} is the VM's current node")
+        elif values["daemonstate"] != "run":
+            reasons.append(f"{name}'s daemon is {values['daemonstate'] or 'unknown'}")
+        elif values["domainstate"] != "ready":
+            reasons.append(f"{name} is {values['domainstate'] or 'not ready'}")
+        else:
+            candidates.append(name)
+    if not candidates:
+        detail = "; ".join(reasons) if reasons else "the cluster has no nodes"
+        raise InvalidState(f"No node can take the VM: {detail}.")
+    if field is None:
+        counts = {n: 0 for n in candidates}
+        for v in read_vms(core, vm_uuids(core), ("node",)):
+            if v.node in counts:
+                counts[v.node] += 1
+        return min(candidates, key=lambda n: (counts[n], n))
+    return min(candidates, key=lambda n: (_figure(nodes[n][field]), n))
+
+
+def _node_exists(core: Cluster, node: str) -> bool:
+    try:
+        return core.store.exists(schema.node(node))
+    except InvalidArgument:
+        return False  # not even a valid name: the manual's "not valid", i.e. select automatically
+
+
+def _check_target(core: Cluster, node: str, running: bool) -> None:
+    """A running VM can only go to a node whose daemon runs and that is ready."""
+    if not running:
+        return
+    state = read_nodes(core, [node], ("daemonstate", "domainstate")).get(node)
+    if state is None:
+        raise InvalidState(f"Node {quote(node)} does not exist.")
+    if state["daemonstate"] != "run" or state["domainstate"] != "ready":
+        raise InvalidState(f"Node {quote(node)} cannot take a running VM: its daemon is "
+                           f"{state['daemonstate']} and it is {state['domainstate']}.")
+
+
+def choose_node(core: Cluster, node: str | None, selector: str | None, exclude: str | None = None,
+                running: bool = False) -> tuple[str, str]:
+    """The target node and a note on how it was chosen, as the manual says: a given node that
+    exists is used; one that does not means automatic selection with ``selector``."""
+    if node:
+        if _node_exists(core, node):
+            if node == exclude:
+                raise InvalidState(f"The VM is already on node {quote(node)}.")
+            _check_target(core, node, running)
+            return node, ""
+        chosen = select_node(core, selector, exclude)
+        return chosen, f" (node {quote(node)} does not exist; chosen by {selector or core.settings.target_selector})"
+    return select_node(core, selector, exclude), ""
+
+
+# --- define, modify, undefine -----------------------------------------------------------------
+
+
+def _checked_document(xml: str) -> DomainXml:
+    """Parse a submitted document and check the name and UUID pvc keys it by."""
+    doc = read(xml)
+    if doc.uuid is None:
+        raise InvalidArgument("Invalid VM XML: it has no <uuid>; pvc keys VMs by UUID.")
+    uuid = canonical_uuid(doc.uuid)
+    if uuid is None:
+        raise InvalidArgument(f"Invalid VM XML: <uuid> {quote(doc.uuid)} is not a valid UUID.")
+    if doc.name is None:
+        raise InvalidArgument("Invalid VM XML: it has no <name>.")
+    schema.validate_name("VM", doc.name)
+    if canonical_uuid(doc.name) is not None:
+        raise InvalidArgument(f"Invalid VM name {quote(doc.name)}: a VM name must not be a UUID.")
+    return DomainXml(doc.name, uuid, doc.facts, doc.bridges, doc.rbd_volumes)
+
+
+def _names_in_use(core: Cluster) -> tuple[Entry, dict[str, str]]:
+    """The /domains entry (its version guards name uniqueness) and every VM's name → UUID."""
+    root = core.store.get_many([schema.DOMAINS])[schema.DOMAINS]
+    if root is None:
+        raise _uninitialised(core)
+    return root, {v.name: v.uuid for v in read_vms(core, vm_uuids(core), ())}
+
+
+def _retrying(what: str, attempt: Callable[[], str]) -> str:
+    """Run a read-check-commit ``attempt`` again when a concurrent writer won the race."""
+    for _ in range(ATTEMPTS):
+        try:
+            return attempt()
+        except Conflict:
+            continue
+    raise Conflict(f"{what} kept changing concurrently; nothing was changed, try again.")
+
+
+@operation(
+    "vm", "define", "POST", "/vm",
+    params={
+        "xml": Param("Libvirt XML of the VM (single-line or pretty); on the command line, a file or - for stdin.",
+                     positional=True, cli_file=True),
+        "node": NODE_OPT,
+        "selector": SELECTOR_OPT,
+    },
+)
+def define_vm(core: Cluster, xml: str, node: str | None = None, selector: str | None = None) -> str:
+    """Define a new VM from its libvirt XML; it starts out stopped.
+
+    The XML needs a <name> and a valid <uuid>, both unused in the cluster. The VM is placed on
+    NODE when that node exists, else on the node chosen by SELECTOR (default: the cluster's).
+    The disks and other resources must exist already.
+    """
+    doc = _checked_document(xml)
+    assert doc.uuid is not None and doc.name is not None
+
+    def attempt() -> str:
+        root, names = _names_in_use(core)
+        if doc.uuid in names.values():
+            raise AlreadyExists(f"A VM with UUID {quote(doc.uuid)} already exists.")
+        if doc.name in names:
+            raise AlreadyExists(f"A VM named {quote(doc.name)} already exists (UUID {names[doc.name]}).")
+        target, note = choose_node(core, node, selector)
+        values = {"state": "stop", "node": target, "lastnode": "", "failedreason": "", "consolelog": "",
+                  "rbdlist": ",".join(doc.rbd_volumes), "xml": xml}
+        try:
+            # Bumping /domains makes two concurrent defines of one name conflict instead of both landing.
+            core.store.commit([Set(schema.DOMAINS, root.value, root.version), Create(schema.domain(doc.uuid), doc.name)]
+                              + [Create(schema.domain_key(doc.uuid, f), values[f]) for f in schema.DOMAIN_FIELDS])
+        except AlreadyExists:
+            raise AlreadyExists(f"A VM with UUID {quote(doc.uuid)} already exists.") from None
+        return f"Defined VM {quote(doc.name)} with UUID {quote(doc.uuid)} on node {quote(target)}{note}."
+
+    return _retrying("The list of VMs", attempt)
+
+
+@operation(
+    "vm", "modify", "PUT", "/vm/<vm>",
+    params={
+        "vm": VM_ARG,
+        "xml": Param("The new libvirt XML of the VM.", positional=True, cli_file=True),
+        "restart": Param("Restart the VM (if it runs) so the new XML takes effect.", kind="flag", short="-r"),
+    },
+    cli=False, cli_reason="`pvc vm modify` is written by hand: it can open $EDITOR on the current XML.",
+)
+def modify_vm(core: Cluster, vm: str, xml: str, restart: bool = False) -> str:
+    """Replace the libvirt XML of a VM.
+
+    The UUID must stay the same; a new <name> renames the VM (refused when the name is taken).
+    With restart, a running VM is restarted so the change takes effect; otherwise it applies at
+    the VM's next start.
+    """
+    doc = _checked_document(xml)
+
+    def attempt() -> str:
+        current = find_vm(core, vm, ("state", "xml", "rbdlist"))
+        if doc.uuid != current.uuid:
+            raise InvalidArgument(f"The new XML has UUID {quote(doc.uuid)}, but VM {quote(current.name)} has "
+                                  f"{quote(current.uuid)}; the UUID cannot change.")
+        restarting = restart and current.state == "start"
+        ops: list[Any] = [_put(current, "state", "restart")] if restarting else _guard(current)
+        if doc.name != current.name:
+            root, names = _names_in_use(core)
+            if doc.name in names:
+                raise AlreadyExists(f"A VM named {quote(doc.name)} already exists (UUID {names[doc.name]}).")
+            ops += [Set(schema.DOMAINS, root.value, root.version), Set(schema.domain(current.uuid), doc.name)]
+        ops += [_put(current, "xml", xml), _put(current, "rbdlist", ",".join(doc.rbd_volumes))]
+        core.store.commit(ops)
+        renamed = f" (renamed from {quote(current.name)})" if doc.name != current.name else ""
+        if restarting:
+            return f"Modified VM {quote(doc.name)}{renamed}; restarting it."
+        later = " It is not running; the change applies when it starts." if restart else \
+            " Restart it for the change to take effect."
+        return f"Modified VM {quote(doc.name)}{renamed}.{later if current.state != 'stop' or restart else ''}"
+
+    return _retrying(f"VM {quote(vm)}", attempt)
+
+
+def _guard(vm: Vm) -> list[Check]:
+    """A check that the VM's state is still the one read, so a racing change fails the write."""
+    version = vm.version("state")
+    return [] if version is None else [Check(schema.domain_key(vm.uuid, "state"), version)]
+
+
+def _put(vm: Vm, field: str, value: str) -> Create | Set:
+    """Write one field of a VM at the version read (create it when a foreign tree lacks it)."""
+    path = schema.domain_key(vm.uuid, field)
+    version = vm.version(field)
+    return Create(path, value) if version is None else Set(path, value, version)
+
+
+@operation(
+    "vm", "undefine", "DELETE", "/vm/<vm>",
+    params={
+        "vm": VM_ARG,
+        "delete_disks": Param("Also remove the VM's RBD volumes.", kind="flag"),
+    },
+    variants=(
+        Variant("undefine", {"delete_disks": False}, "Stop a VM and remove it from the cluster; its disks are kept."),
+        Variant("remove", {"delete_disks": True}, "Stop a VM and remove it and its RBD disks from the cluster.",
+                destructive=True),
+    ),
+)
+def undefine_vm(core: Cluster, vm: str, delete_disks: bool = False) -> str:
+    """Forcibly stop a VM and remove it from the cluster.
+
+    The VM's keys go in one transaction; its node's agent sees them go and stops the domain.
+    """
+    found = find_vm(core, vm, ("state",))
+    if delete_disks:
+        raise InvalidState(f"Cannot remove the disks of VM {quote(found.name)}: the storage commands are not "
+                           "available in this version of pvc. Nothing was removed; undefine the VM without "
+                           "delete_disks to keep its disks.")
+    keys = core.store.subtree(schema.domain(found.uuid))
+    try:
+        core.store.commit(_guard(found) + [Delete(k) for k in reversed(keys)])
+    except (Conflict, NotFound):
+        raise Conflict(f"VM {quote(found.name)} changed while it was being undefined; nothing was changed, "
+                       "try again.") from None
+    return f"Undefined VM {quote(found.name)} ({found.uuid})."
+
+
+# --- state and node ---------------------------------------------------------------------------
+
+
+@operation(
+    "vm", "set-state", "POST", "/vm/<vm>/state",
+    params={"vm": VM_ARG, "state": Param("The state to ask for.", kind="choice", choices=STATE_REQUESTS)},
+    variants=(
+        Variant("start", {"state": "start"}, "Start a VM."),
+        Variant("shutdown", {"state": "shutdown"}, "Shut a VM down gracefully (forced off after 90 s)."),
+        Variant("stop", {"state": "stop"}, "Forcibly stop a VM."),
+        Variant("restart", {"state": "restart"}, "Restart a running VM."),
+    ),
+)
+def set_vm_state(core: Cluster, vm: str, state: str) -> str:
+    """Ask for a VM to be started, shut down, stopped or restarted.
+
+    Shutdown and restart need a running VM. Asking for the state the VM is in changes nothing;
+    a VM being migrated must finish first.
+    """
+    found = find_vm(core, vm, ("state",))
+    name, current = quote(found.name), found.state
+    if current == state or (state == "shutdown" and current == "stop"):
+        return f"VM {name} is already in state {quote(current)}; nothing changed."
+    if current == "migrate":
+        raise InvalidState(f"VM {name} is being migrated; ask again once it has settled.")
+    if state in ("shutdown", "restart") and current != "start":
+        raise InvalidState(f"VM {name} is not running (its state is {quote(current)}); it cannot {state}.")
+    try:
+        core.store.commit([_put(found, "state", state)])
+    except (Conflict, AlreadyExists):
+        raise Conflict(f"VM {name} changed state meanwhile; nothing was changed, try again.") from None
+    return {"start": f"Starting VM {name}.", "shutdown": f"Shutting down VM {name}.",
+            "stop": f"Forcibly stopping VM {name}.", "restart": f"Restarting VM {name}."}[state]
+
+
+@operation(
+    "vm", "set-node", "POST", "/vm/<vm>/node",
+    params={
+        "vm": VM_ARG,
+        "action": Param("migrate or unmigrate.", kind="choice", choices=NODE_ACTIONS),
+        "node": NODE_OPT,
+        "selector": SELECTOR_OPT,
+        "permanent": Param("Do not remember the previous node (a move, not a migration).", kind="flag"),
+        "force": Param("Migrate a VM that was migrated before, keeping its original previous node.",
+                       kind="flag", short="-f"),
+    },
+    variants=(
+        Variant("migrate", {"action": "migrate", "permanent": False},
+                "Migrate a VM to another node, remembering where it came from."),
+        Variant("move", {"action": "migrate", "permanent": True}, "Move a VM to another node for good.",
+                omit=("force",)),
+        Variant("unmigrate", {"action": "unmigrate"}, "Return a migrated VM to the node it came from.",
+                omit=("node", "selector", "permanent", "force")),
+    ),
+)
+def set_vm_node(core: Cluster, vm: str, action: str, node: str | None = None, selector: str | None = None,
+                permanent: bool = False, force: bool = False) -> str:
+    """Move a VM to another node: live migration when it runs, re-homing when it is stopped.
+
+    migrate uses NODE if it exists, else the node chosen by SELECTOR (default: the cluster's),
+    and remembers the previous node; a VM migrated before needs force (its original previous
+    node is kept). With permanent the previous node is forgotten. unmigrate sends a migrated VM
+    back to its previous node.
+    """
+    def attempt() -> str:
+        found = find_vm(core, vm, ("state", "node", "lastnode"))
+        name, state, current, last = quote(found.name), found.state, found.node, found.last_node
+        if state == "migrate":
+            raise InvalidState(f"VM {name} is being migrated already; ask again once it has settled.")
+        running = state == "start"
+        if action == "unmigrate":
+            if not last:
+                raise InvalidState(f"VM {name} has not been migrated; there is no previous node to return to.")
+            target, lastnode, note = last, "", ""
+            _check_target(core, target, running)
+            message = f"Unmigrating VM {name} back to node {quote(target)}"
+        else:
+            if last and not force and not permanent:
+                raise InvalidState(f"VM {name} has been migrated before (from {quote(last)}); unmigrate it first, "
+                                   "or use force to migrate it again.")
+            target, note = choose_node(core, node, selector, exclude=current, running=running)
+            if permanent:
+                lastnode = ""
+                message = f"Permanently moving VM {name} to node {quote(target)}"
+            else:
+                # With force, the first previous node is kept, so unmigrate still leads home.
+                lastnode = last if (force and last) else (current or "")
+                if lastnode == target:
+                    lastnode = ""  # back where it came from: no longer migrated
+                message = f"Migrating VM {name} to node {quote(target)}"
+        ops = [_put(found, "node", target), _put(found, "lastnode", lastnode)]
+        ops += [_put(found, "state", "migrate")] if running else _guard(found)
+        core.store.commit(ops)
+        how = "" if running else f" (it is {state}: re-homed, not started)"
+        return f"{message}{note}{how}."
+
+    return _retrying(f"VM {quote(vm)}", attempt)

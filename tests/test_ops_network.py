@@ -1,0 +1,600 @@
+"""Virtual networks, on both store engines: through the library, the HTTP client and the CLI
+runner. Every refused value is checked on all three, each time with the whole tree (values and
+versions) unchanged; concurrent writers are threads with their own store session."""
+
+from __future__ import annotations
+
+import re
+import threading
+import uuid
+from typing import Any, Callable
+
+import pytest
+
+from pvc.lib import schema
+from pvc.lib.core import Cluster
+from pvc.lib.errors import AlreadyExists, InvalidArgument, InvalidState, NotFound
+from pvc.lib.ops.network import (
+    add_network,
+    complete_networks,
+    get_network,
+    list_networks,
+    modify_network,
+    remove_network,
+    resolve_vni,
+)
+from pvc.lib.store import Create
+from tests.test_ops_node import changed_keys, snapshot
+from tests.wsgi import Client
+
+API = "/api/v1"
+IP4 = {"ip4_network": "10.1.0.0/24", "ip4_gateway": "10.1.0.1", "dhcp4": True, "dhcp4_start": "10.1.0.100",
+       "dhcp4_end": "10.1.0.199"}
+VALID = {"vni": 100, "description": "net1", "nettype": "managed", **IP4}
+#: The CLI's long option of each value (the original's spelling where it had one).
+OPTIONS = {"description": "--description", "nettype": "--type", "domain": "--domain", "ip4_network": "--ipnet",
+           "ip4_gateway": "--gateway", "ip6_network": "--ipnet6", "ip6_gateway": "--gateway6",
+           "dhcp4_start": "--dhcp-start", "dhcp4_end": "--dhcp-end"}
+
+
+def network_keys(vni: str) -> set[str]:
+    """Every key `network add` writes for ``vni``."""
+    return ({schema.network(vni)} | {schema.network_key(vni, f) for f in schema.NETWORK_FIELDS}
+            | {schema.network_key(vni, c) for c in schema.NETWORK_CONTAINERS}
+            | {schema.acl_direction(vni, d) for d in schema.ACL_DIRECTIONS})
+
+
+def stored(core: Cluster, vni: str) -> dict[str, str]:
+    """The network's values as the tree holds them ('' for its description)."""
+    entries = core.store.get_many([schema.network(vni)] + [schema.network_key(vni, f) for f in schema.NETWORK_FIELDS])
+    return {"": entries[schema.network(vni)].value,
+            **{f: entries[schema.network_key(vni, f)].value for f in schema.NETWORK_FIELDS}}
+
+
+def with_values(**changes: Any) -> dict[str, Any]:
+    """VALID with ``changes``; a value of None leaves the value out."""
+    return {k: v for k, v in {**VALID, **changes}.items() if v is not None}
+
+
+def http_values(values: dict[str, Any]) -> dict[str, str]:
+    return {k: ("true" if v is True else "false" if v is False else str(v)) for k, v in values.items()}
+
+
+def cli_args(values: dict[str, Any], element: str | None = None) -> list[str]:
+    args = [element if element is not None else str(values["vni"])]
+    for name, value in values.items():
+        if name == "vni":
+            continue
+        if name == "dhcp4":
+            args.append("--dhcp" if value else "--no-dhcp")
+        else:
+            args += [OPTIONS[name], str(value)]
+    return args
+
+
+def assert_failed(r: Any, status: int, *fragments: str) -> None:
+    assert r.status == status, r.text
+    message = r.json()["message"]
+    for fragment in fragments:
+        assert fragment in message, message
+
+
+def assert_cli_failed(result: Any, code: int, *fragments: str) -> None:
+    assert result.exit_code == code, result.output
+    assert result.stdout == ""
+    for fragment in fragments:
+        assert fragment in result.stderr, result.stderr
+
+
+@pytest.fixture
+def existing(core: Cluster) -> Cluster:
+    """Two networks to collide with: 200 'taken' (bridged) and 300 'other' (managed, IPv6 only)."""
+    add_network(core, 200, "taken", "bridged")
+    add_network(core, 300, "other", "managed", ip6_network="fd00:3::/64")
+    return core
+
+
+# --- add ------------------------------------------------------------------------------------------
+
+
+def test_add_managed_writes_the_original_layout_in_one_commit(core: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    commits: list[int] = []
+    real = core.store.commit
+    monkeypatch.setattr(core.store, "commit", lambda ops: (commits.append(len(ops)), real(ops))[1])
+    before = snapshot(core)
+    message = add_network(core, 100, "net1", "managed", ip6_network="fd00:1:2:3:0:0:0:0/64", **IP4)
+    assert message == "Network 'net1' (VNI 100) added."
+    assert len(commits) == 1
+    assert changed_keys(before, snapshot(core)) == network_keys("100") | {schema.NETWORKS}
+    assert stored(core, "100") == {
+        "": "net1", "nettype": "managed", "domain": "net1.local", "ip4_network": "10.1.0.0/24",
+        "ip4_gateway": "10.1.0.1", "ip6_network": "fd00:1:2:3::/64", "ip6_gateway": "fd00:1:2:3::1",
+        "dhcp4_flag": "True", "dhcp6_flag": "True", "dhcp4_start": "10.1.0.100", "dhcp4_end": "10.1.0.199"}
+    for container in ("dhcp4_leases", "dhcp4_reservations", "firewall_rules"):
+        assert core.store.get(schema.network_key("100", container)).value == ""
+    assert core.store.children(schema.network_key("100", "firewall_rules")) == ["in", "out"]
+    assert core.store.children(schema.network_key("100", "dhcp4_leases")) == []
+
+
+def test_add_bridged_stores_unset_values_as_the_original(core: Cluster) -> None:
+    assert add_network(core, 4094, "uplink", "bridged") == "Network 'uplink' (VNI 4094) added."
+    assert stored(core, "4094") == {
+        "": "uplink", "nettype": "bridged", "domain": "uplink.local", "ip4_network": "None", "ip4_gateway": "None",
+        "ip6_network": "None", "ip6_gateway": "None", "dhcp4_flag": "False", "dhcp6_flag": "False",
+        "dhcp4_start": "None", "dhcp4_end": "None"}
+    assert get_network(core, "4094") == [{
+        "vni": 4094, "description": "uplink", "type": "bridged", "domain": "uplink.local",
+        "ip4": {"network": None, "gateway": None, "dhcp_flag": False, "dhcp_start": None, "dhcp_end": None},
+        "ip6": {"network": None, "gateway": None, "dhcp_flag": False}}]
+
+
+@pytest.mark.parametrize("net, gateway, stored_net, stored_gateway", [
+    ("fd00:1::/64", None, "fd00:1::/64", "fd00:1::1"),
+    ("fd00:1:2:3:0:0:0:0/64", None, "fd00:1:2:3::/64", "fd00:1:2:3::1"),  # the original made ...:0:01 (L18)
+    ("FD00:0001::/48", None, "fd00:1::/48", "fd00:1::1"),
+    ("fd00:1::/127", None, "fd00:1::/127", "fd00:1::1"),
+    ("fd00:1::/64", "fd00:1::fe", "fd00:1::/64", "fd00:1::fe"),
+    ("fd00:1::/64", "fd00:1:0::00fe", "fd00:1::/64", "fd00:1::fe"),
+])
+def test_ip6_gateway_default_and_normal_form(core: Cluster, net: str, gateway: str | None, stored_net: str,
+                                             stored_gateway: str) -> None:
+    add_network(core, 16777215, "v6", "managed", ip6_network=net, ip6_gateway=gateway)
+    values = stored(core, "16777215")
+    assert (values["ip6_network"], values["ip6_gateway"], values["dhcp6_flag"]) == (stored_net, stored_gateway, "True")
+    assert (values["ip4_network"], values["dhcp4_flag"]) == ("None", "False")
+
+
+def test_add_with_domain_and_without_dhcp(core: Cluster) -> None:
+    add_network(core, 1, "n", "managed", domain="example.org", ip4_network="192.168.0.0/30", ip4_gateway="192.168.0.1")
+    assert get_network(core, "n")[0] == {
+        "vni": 1, "description": "n", "type": "managed", "domain": "example.org",
+        "ip4": {"network": "192.168.0.0/30", "gateway": "192.168.0.1", "dhcp_flag": False, "dhcp_start": None,
+                "dhcp_end": None},
+        "ip6": {"network": None, "gateway": None, "dhcp_flag": False}}
+
+
+def test_empty_optional_values_are_not_given(core: Cluster, client: Client) -> None:
+    r = client.request("POST", f"{API}/network", data={"vni": "7", "description": "e", "nettype": "bridged",
+                                                       "domain": "", "ip4_network": "", "dhcp4_start": ""})
+    assert r.status == 200, r.text
+    assert stored(core, "7")["domain"] == "e.local" and stored(core, "7")["ip4_network"] == "None"
+
+
+#: (values changed from VALID, fragments the message must contain)
+REFUSED = [
+    ({"vni": 0}, ["'0'", "1 to 16777215"]),
+    ({"vni": 16777216}, ["'16777216'"]),
+    ({"vni": -1}, ["'-1'"]),
+    ({"vni": 4095, "nettype": "bridged", **dict.fromkeys(IP4)}, ["'4095'", "1 to 4094"]),
+    ({"description": "has space"}, ["'has space'", "whitespace"]),
+    ({"description": "tab\there"}, ["'tab\\there'"]),
+    ({"description": "a/b"}, ["'a/b'"]),
+    ({"description": ".."}, ["'..'"]),
+    ({"description": "123"}, ["'123'", "digits"]),
+    ({"description": ""}, ["must not be empty"]),
+    ({"nettype": "unmanagedX"}, ["'unmanagedX'"]),
+    ({"nettype": "Managed"}, ["'Managed'"]),
+    ({"nettype": "bridged", "vni": 5, "dhcp4": None, "dhcp4_start": None, "dhcp4_end": None}, ["bridged",
+                                                                                               "'ip4_network'",
+                                                                                               "'10.1.0.0/24'"]),
+    ({"nettype": "bridged", "vni": 5, **dict.fromkeys(IP4), "dhcp4": True}, ["bridged", "'dhcp4'"]),
+    ({"nettype": "bridged", "vni": 5, **dict.fromkeys(IP4), "ip6_gateway": "fd00::1"}, ["'ip6_gateway'",
+                                                                                          "'fd00::1'"]),
+    ({**dict.fromkeys(IP4)}, ["'ip4_network' or 'ip6_network'"]),
+    ({"ip4_network": "10.1.0.0"}, ["'10.1.0.0'", "CIDR"]),
+    ({"ip4_network": "10.1.0.5/24"}, ["'10.1.0.5/24'", "host bits", "10.1.0.0/24"]),
+    ({"ip4_network": "300.1.0.0/24"}, ["'300.1.0.0/24'"]),
+    ({"ip4_network": "fd00::/64"}, ["'fd00::/64'"]),
+    ({"ip4_network": "10.1.0.0/31"}, ["'10.1.0.0/31'"]),
+    ({"ip4_network": "10.1.0.0/24 "}, ["'10.1.0.0/24 '"]),
+    ({"ip4_gateway": None}, ["'ip4_gateway'", "'10.1.0.0/24'"]),
+    ({"ip4_gateway": "10.2.0.1"}, ["'10.2.0.1'", "not inside"]),
+    ({"ip4_gateway": "10.1.0.0"}, ["'10.1.0.0'", "network address"]),
+    ({"ip4_gateway": "10.1.0.255"}, ["'10.1.0.255'", "broadcast"]),
+    ({"ip4_gateway": "junk"}, ["'junk'"]),
+    ({"ip4_network": None, "ip4_gateway": "10.1.0.1", "dhcp4": None, "dhcp4_start": None, "dhcp4_end": None,
+      "ip6_network": "fd00::/64"}, ["'ip4_gateway'", "'10.1.0.1'", "without"]),
+    ({"ip6_network": "fd00:1::1/64"}, ["'fd00:1::1/64'", "host bits"]),
+    ({"ip6_network": "fd00:1::/128"}, ["'fd00:1::/128'"]),
+    ({"ip6_network": "10.0.0.0/8"}, ["'10.0.0.0/8'"]),
+    ({"ip6_network": "fd00:1::/64", "ip6_gateway": "fd00:2::1"}, ["'fd00:2::1'", "not inside"]),
+    ({"ip6_network": "fd00:1::/64", "ip6_gateway": "junk"}, ["'junk'"]),
+    ({"ip6_network": "fd00:1::/64", "ip6_gateway": "fd00:1::"}, ["'fd00:1::'", "network address"]),
+    ({"dhcp4_start": None}, ["'dhcp4_start'"]),
+    ({"dhcp4_end": None}, ["'dhcp4_end'"]),
+    ({"dhcp4_start": "10.2.0.100"}, ["'10.2.0.100'", "not inside"]),
+    ({"dhcp4_end": "10.1.0.255"}, ["'10.1.0.255'", "broadcast"]),
+    ({"dhcp4_start": "bogus"}, ["'bogus'"]),
+    ({"dhcp4_start": "10.1.0.200", "dhcp4_end": "10.1.0.100"}, ["'10.1.0.200'", "'10.1.0.100'"]),
+    ({"ip4_gateway": "10.1.0.150"}, ["'10.1.0.150'", "gateway"]),
+    ({"ip4_network": None, "ip4_gateway": None, "ip6_network": "fd00::/64"}, ["'dhcp4'", "'ip4_network'"]),
+    ({"dhcp4": None}, ["'dhcp4_start'", "'10.1.0.100'", "not switched on"]),
+    ({"dhcp4": False, "dhcp4_start": None}, ["'dhcp4_end'", "'10.1.0.199'"]),
+    ({"domain": "has space"}, ["'has space'"]),
+]
+
+
+@pytest.mark.parametrize("changes, fragments", REFUSED)
+def test_add_refused_everywhere_and_nothing_written(existing: Cluster, client: Client, cli: Callable[..., Any],
+                                                    changes: dict[str, Any], fragments: list[str]) -> None:
+    core = existing
+    values = with_values(**changes)
+    before = snapshot(core)
+    with pytest.raises(InvalidArgument) as caught:
+        add_network(core, **values)
+    for fragment in fragments:
+        assert fragment in caught.value.message, caught.value.message
+    assert snapshot(core) == before
+    assert_failed(client.request("POST", f"{API}/network", data=http_values(values)), 510, *fragments)
+    assert snapshot(core) == before
+    assert_cli_failed(cli("network", "add", *cli_args(values)), 2, *fragments)
+    assert snapshot(core) == before
+
+
+@pytest.mark.parametrize("raw", ["abc", "1.5", "", "0x10"])
+def test_add_vni_not_an_integer(existing: Cluster, client: Client, cli: Callable[..., Any], raw: str) -> None:
+    before = snapshot(existing)
+    with pytest.raises(InvalidArgument, match=f"'{raw}'"):
+        add_network(existing, raw, "n", "bridged")  # type: ignore[arg-type]
+    assert_failed(client.request("POST", f"{API}/network", data={"vni": raw, "description": "n", "nettype": "bridged"}),
+                  510, f"'{raw}'", "integer")
+    assert_cli_failed(cli("network", "add", raw, "-d", "n", "-p", "bridged"), 2, f"'{raw}'")
+    assert snapshot(existing) == before
+
+
+@pytest.mark.parametrize("missing", ["vni", "description", "nettype"])
+def test_add_missing_mandatory_value(existing: Cluster, client: Client, missing: str) -> None:
+    before = snapshot(existing)
+    values = {k: v for k, v in http_values(VALID).items() if k != missing}
+    assert_failed(client.request("POST", f"{API}/network", data=values), 510, f"'{missing}'")
+    assert snapshot(existing) == before
+
+
+@pytest.mark.parametrize("changes, error, fragments", [
+    ({"vni": 200}, "exists", ["VNI 200"]),
+    ({"vni": 300, "nettype": "bridged", **dict.fromkeys(IP4)}, "exists", ["VNI 300"]),
+    ({"description": "taken"}, "exists", ["'taken'", "VNI 200"]),
+    ({"description": "other", "vni": 301}, "exists", ["'other'"]),
+])
+def test_add_vni_and_description_are_unique(existing: Cluster, client: Client, cli: Callable[..., Any],
+                                            changes: dict[str, Any], error: str, fragments: list[str]) -> None:
+    core = existing
+    values = with_values(**changes)
+    before = snapshot(core)
+    with pytest.raises(AlreadyExists) as caught:
+        add_network(core, **values)
+    assert all(f in caught.value.message for f in fragments), caught.value.message
+    assert_failed(client.request("POST", f"{API}/network", data=http_values(values)), 510, *fragments)
+    assert_cli_failed(cli("network", "add", *cli_args(values)), 4, *fragments)
+    assert snapshot(core) == before
+
+
+def test_add_through_http_and_cli(core: Cluster, client: Client, cli: Callable[..., Any]) -> None:
+    r = client.request("POST", f"{API}/network", json={**VALID, "dhcp4": True})
+    assert r.status == 200 and r.json() == {"message": "Network 'net1' (VNI 100) added."}
+    result = cli("network", "add", "101", "-d", "net2", "-p", "managed", "-i", "10.2.0.0/24", "-g", "10.2.0.1",
+                 "-i6", "fd00:2::/64", "-g6", "fd00:2::2", "--dhcp", "--dhcp-start", "10.2.0.10", "--dhcp-end",
+                 "10.2.0.20", "-n", "two.example")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "Network 'net2' (VNI 101) added.\n"
+    assert stored(core, "101") == {
+        "": "net2", "nettype": "managed", "domain": "two.example", "ip4_network": "10.2.0.0/24",
+        "ip4_gateway": "10.2.0.1", "ip6_network": "fd00:2::/64", "ip6_gateway": "fd00:2::2", "dhcp4_flag": "True",
+        "dhcp6_flag": "True", "dhcp4_start": "10.2.0.10", "dhcp4_end": "10.2.0.20"}
+    assert stored(core, "100")["dhcp4_flag"] == "True"
+
+
+def test_concurrent_adds_of_one_description_land_once(core: Cluster) -> None:
+    """Writers with their own sessions add the same description under different VNIs (and the same
+    VNI under different descriptions): exactly one of each lands."""
+    results: dict[str, list[str]] = {"description": [], "vni": []}
+    barrier = threading.Barrier(8)
+
+    def job(kind: str, vni: int, description: str) -> None:
+        with Cluster(core.settings) as own:
+            own.store.exists(schema.NETWORKS)
+            barrier.wait(30)
+            try:
+                add_network(own, vni, description, "bridged")
+                results[kind].append("added")
+            except AlreadyExists:
+                results[kind].append("exists")
+
+    threads = [threading.Thread(target=job, args=("description", 10 + i, "same")) for i in range(4)]
+    threads += [threading.Thread(target=job, args=("vni", 20, f"d{i}")) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(results["description"]) == ["added", "exists", "exists", "exists"]
+    assert sorted(results["vni"]) == ["added", "exists", "exists", "exists"]
+    listed = list_networks(core)
+    assert [n["description"] for n in listed].count("same") == 1
+    assert [n["vni"] for n in listed].count(20) == 1
+    assert len(listed) == 2
+
+
+# --- list and get ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def several(core: Cluster) -> Cluster:
+    for vni, description in ((1000, "office"), (2, "uplink"), (100, "net100"), (10, "lab"), (4000, "dmz-10")):
+        add_network(core, vni, description, "bridged")
+    return core
+
+
+def test_list_is_sorted_by_vni_numerically(several: Cluster, client: Client) -> None:
+    assert [n["vni"] for n in list_networks(several)] == [2, 10, 100, 1000, 4000]
+    r = client.request("GET", f"{API}/network")
+    assert r.status == 200 and [n["vni"] for n in r.json()] == [2, 10, 100, 1000, 4000]
+    assert r.json() == list_networks(several)
+
+
+def test_list_empty(core: Cluster, client: Client) -> None:
+    assert list_networks(core) == []
+    r = client.request("GET", f"{API}/network", query={"limit": "x"})
+    assert (r.status, r.json()) == (200, [])
+
+
+@pytest.mark.parametrize("limit, vnis", [
+    ("10", [10, 100, 1000, 4000]),  # VNI 10, 100, 1000 and description dmz-10; net100 only once
+    ("100", [100, 1000]),
+    ("^10", [10, 100, 1000]),
+    ("0$", [10, 100, 1000, 4000]),
+    ("^100$", [100]),
+    ("net", [100]),
+    ("^(lab|office)$", [10, 1000]),
+    ("nothing", []),
+])
+def test_list_fuzzy_limit_on_vni_and_description(several: Cluster, client: Client, limit: str, vnis: list[int]) -> None:
+    assert [n["vni"] for n in list_networks(several, limit)] == vnis
+    r = client.request("GET", f"{API}/network", query={"limit": limit})
+    assert r.status == 200 and [n["vni"] for n in r.json()] == vnis
+
+
+def test_list_bad_regex(several: Cluster, client: Client, cli: Callable[..., Any]) -> None:
+    with pytest.raises(InvalidArgument, match=r"^Invalid limit '\('"):
+        list_networks(several, "(")
+    assert_failed(client.request("GET", f"{API}/network", query={"limit": "("}), 400, "'('")
+    assert_cli_failed(cli("network", "list", "("), 2, "'('")
+
+
+@pytest.mark.parametrize("name, vni", [("100", 100), ("net100", 100), ("10", 10), ("lab", 10), ("dmz-10", 4000)])
+def test_get_is_exact(several: Cluster, client: Client, name: str, vni: int) -> None:
+    (found,) = get_network(several, name)
+    assert found["vni"] == vni
+    r = client.request("GET", f"{API}/network/{name}")
+    assert r.status == 200 and r.json() == [found]
+    assert resolve_vni(several, name) == str(vni)
+
+
+@pytest.mark.parametrize("name", ["1", "net", "100$", "^lab$", "LAB", "0100", "99999"])
+def test_get_unknown_is_404(several: Cluster, client: Client, cli: Callable[..., Any], name: str) -> None:
+    with pytest.raises(NotFound, match=re.escape(f"Network '{name}' not found.")):
+        get_network(several, name)
+    assert_failed(client.request("GET", f"{API}/network/{name}"), 404, f"'{name}'")
+    assert_cli_failed(cli("network", "info", name), 3, f"'{name}'")
+
+
+def test_cli_list_and_info_tables(core: Cluster, cli: Callable[..., Any]) -> None:
+    add_network(core, 100, "net1", "managed", ip6_network="fd00:1::/64", **IP4)
+    add_network(core, 20, "up", "bridged")
+    result = cli("network", "list")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["VNI", "Description", "Type", "Domain", "IPv6", "DHCPv6", "IPv4", "DHCPv4"]
+    assert lines[1].split() == ["20", "up", "bridged", "up.local", "False", "False", "False", "False"]
+    assert lines[2].split() == ["100", "net1", "managed", "net1.local", "True", "True", "True", "True"]
+    info = cli("network", "info", "net1").stdout
+    for label, value in (("VNI", "100"), ("Type", "managed"), ("IPv6 gateway", "fd00:1::1"),
+                         ("IPv4 network", "10.1.0.0/24"), ("DHCPv4 range", "10.1.0.100 - 10.1.0.199")):
+        assert any(line.startswith(f"{label}:") and line.endswith(value) for line in info.splitlines()), info
+    assert "IPv4" not in cli("network", "info", "20").stdout
+    assert cli("network", "list", "--format", "json").stdout.strip().startswith('[{"description": "up"')
+
+
+def test_completion_offers_vnis_and_descriptions(several: Cluster) -> None:
+    assert complete_networks(several, "") == ["2", "10", "100", "1000", "4000", "dmz-10", "lab", "net100", "office",
+                                              "uplink"]
+    assert complete_networks(several, "10") == ["10", "100", "1000"]
+    assert complete_networks(several, "n") == ["net100"]
+
+
+# --- modify ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def net1(core: Cluster) -> Cluster:
+    add_network(core, 100, "net1", "managed", **IP4)
+    add_network(core, 200, "taken", "bridged")
+    return core
+
+
+def test_modify_switches_dhcp_off(net1: Cluster, client: Client) -> None:
+    before = snapshot(net1)
+    r = client.request("PUT", f"{API}/network/net1", data={"dhcp4": "false"})
+    assert r.status == 200 and r.json() == {"message": "Network 'net1' (VNI 100) modified."}
+    keys = {schema.network_key("100", f) for f in ("dhcp4_flag", "dhcp4_start", "dhcp4_end")}
+    assert changed_keys(before, snapshot(net1)) == keys
+    values = stored(net1, "100")
+    assert (values["dhcp4_flag"], values["dhcp4_start"], values["dhcp4_end"]) == ("False", "None", "None")
+    assert get_network(net1, "100")[0]["ip4"] == {"network": "10.1.0.0/24", "gateway": "10.1.0.1",
+                                                  "dhcp_flag": False, "dhcp_start": None, "dhcp_end": None}
+    # and on again, with a new range
+    assert modify_network(net1, "100", dhcp4=True, dhcp4_start="10.1.0.2", dhcp4_end="10.1.0.9") \
+        == "Network 'net1' (VNI 100) modified."
+    assert stored(net1, "100")["dhcp4_start"] == "10.1.0.2"
+
+
+def test_modify_through_cli(net1: Cluster, cli: Callable[..., Any]) -> None:
+    result = cli("network", "modify", "net1", "--no-dhcp", "-n", "lab.example")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "Network 'net1' (VNI 100) modified.\n"
+    values = stored(net1, "100")
+    assert (values["dhcp4_flag"], values["domain"]) == ("False", "lab.example")
+
+
+def test_modify_renames(net1: Cluster, client: Client) -> None:
+    before = snapshot(net1)
+    r = client.request("PUT", f"{API}/network/100", data={"description": "renamed"})
+    assert r.status == 200, r.text
+    assert changed_keys(before, snapshot(net1)) == {schema.network("100"), schema.NETWORKS}
+    assert get_network(net1, "renamed")[0]["vni"] == 100
+    assert client.request("GET", f"{API}/network/net1").status == 404
+    assert stored(net1, "100")["domain"] == "net1.local"  # only the values given change
+
+
+def test_modify_changes_only_what_is_given(net1: Cluster) -> None:
+    before = snapshot(net1)
+    modify_network(net1, "net1", domain="x.example")
+    assert changed_keys(before, snapshot(net1)) == {schema.network_key("100", "domain")}
+    before = snapshot(net1)
+    assert modify_network(net1, "net1", domain="x.example", ip4_gateway="10.1.0.1") == \
+        "Network 'net1' (VNI 100) already has these values; nothing changed."
+    assert snapshot(net1) == before
+    modify_network(net1, "net1", domain="")  # back to the default
+    assert stored(net1, "100")["domain"] == "net1.local"
+
+
+def test_modify_ip6_and_clearing(net1: Cluster) -> None:
+    modify_network(net1, "net1", ip6_network="fd00:5::/64")
+    values = stored(net1, "100")
+    assert (values["ip6_network"], values["ip6_gateway"], values["dhcp6_flag"]) == ("fd00:5::/64", "fd00:5::1", "True")
+    modify_network(net1, "net1", ip6_network="fd00:6::/64")  # a new network gets its own default gateway
+    assert stored(net1, "100")["ip6_gateway"] == "fd00:6::1"
+    modify_network(net1, "net1", ip6_network="")
+    values = stored(net1, "100")
+    assert (values["ip6_network"], values["ip6_gateway"], values["dhcp6_flag"]) == ("None", "None", "False")
+    modify_network(net1, "net1", ip4_network="10.7.0.0/16", ip4_gateway="10.7.0.1", dhcp4_start="10.7.1.0",
+                   dhcp4_end="10.7.1.255")
+    assert get_network(net1, "100")[0]["ip4"]["dhcp_end"] == "10.7.1.255"
+
+
+@pytest.mark.parametrize("changes, fragments", [
+    ({"description": "taken"}, ["'taken'", "VNI 200"]),
+    ({"description": "has space"}, ["'has space'"]),
+    ({"description": "42"}, ["'42'"]),
+    ({"dhcp4_start": "10.9.0.1"}, ["'10.9.0.1'"]),
+    ({"dhcp4_end": "10.1.0.50"}, ["'10.1.0.100'", "'10.1.0.50'"]),
+    ({"ip4_network": "10.2.0.0/24"}, ["'10.1.0.1'", "10.2.0.0/24"]),  # the kept gateway is outside the new network
+    ({"ip4_network": ""}, ["'ip4_network' or 'ip6_network'"]),  # no network left
+    ({"ip4_gateway": ""}, ["'ip4_gateway'"]),
+    ({"ip4_gateway": "10.1.0.120"}, ["'10.1.0.120'"]),
+    ({"dhcp4": False, "dhcp4_start": "10.1.0.100"}, ["'dhcp4_start'", "not switched on"]),
+    ({"ip6_gateway": "fd00::1"}, ["'ip6_gateway'", "'fd00::1'"]),
+    ({"ip6_network": "fd00::1/64"}, ["'fd00::1/64'"]),
+    ({"domain": "a b"}, ["'a b'"]),
+])
+def test_modify_refused_and_nothing_written(net1: Cluster, client: Client, cli: Callable[..., Any],
+                                           changes: dict[str, Any], fragments: list[str]) -> None:
+    before = snapshot(net1)
+    with pytest.raises((InvalidArgument, AlreadyExists)) as caught:
+        modify_network(net1, "net1", **changes)
+    assert all(f in caught.value.message for f in fragments), caught.value.message
+    assert_failed(client.request("PUT", f"{API}/network/net1", data=http_values(changes)), 510, *fragments)
+    code = 4 if isinstance(caught.value, AlreadyExists) else 2
+    args = ["--no-dhcp" if k == "dhcp4" else f"{OPTIONS[k]}={v}" for k, v in changes.items()]
+    assert_cli_failed(cli("network", "modify", "net1", *args), code, *fragments)
+    assert snapshot(net1) == before
+
+
+def test_bridged_network_keeps_refusing_ip_values(net1: Cluster) -> None:
+    before = snapshot(net1)
+    with pytest.raises(InvalidArgument, match="bridged.*'ip4_network'.*'10.5.0.0/24'"):
+        modify_network(net1, "taken", ip4_network="10.5.0.0/24", ip4_gateway="10.5.0.1")
+    assert snapshot(net1) == before
+    assert modify_network(net1, "taken", dhcp4=False).endswith("nothing changed.")
+
+
+@pytest.mark.parametrize("values, fragment", [({"nettype": "managed"}, "'nettype'"), ({"vni": "5"}, "'vni'")])
+def test_modify_cannot_change_type_or_vni(net1: Cluster, client: Client, values: dict[str, str], fragment: str) -> None:
+    before = snapshot(net1)
+    assert_failed(client.request("PUT", f"{API}/network/net1", data=values), 510, fragment)
+    assert snapshot(net1) == before
+
+
+def test_modify_unknown_network(net1: Cluster, client: Client, cli: Callable[..., Any]) -> None:
+    before = snapshot(net1)
+    with pytest.raises(NotFound, match="^Network 'nope' not found.$"):
+        modify_network(net1, "nope", domain="x")
+    assert_failed(client.request("PUT", f"{API}/network/nope", data={"domain": "x"}), 510, "'nope'")
+    assert_cli_failed(cli("network", "modify", "999", "-n", "x"), 3, "'999'")
+    assert snapshot(net1) == before
+
+
+def test_concurrent_renames_to_one_description_land_once(net1: Cluster) -> None:
+    add_network(net1, 300, "third", "bridged")
+    results: list[str] = []
+    barrier = threading.Barrier(3)
+
+    def job(network: str) -> None:
+        with Cluster(net1.settings) as own:
+            own.store.exists(schema.NETWORKS)
+            barrier.wait(30)
+            try:
+                modify_network(own, network, description="same")
+                results.append("renamed")
+            except AlreadyExists:
+                results.append("exists")
+
+    threads = [threading.Thread(target=job, args=(n,)) for n in ("net1", "taken", "third")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(results) == ["exists", "exists", "renamed"]
+    assert [n["description"] for n in list_networks(net1)].count("same") == 1
+
+
+# --- remove ---------------------------------------------------------------------------------------
+
+
+def vm_xml(name: str, bridge: str) -> str:
+    return (f"<domain type='kvm'><name>{name}</name><uuid>{uuid.uuid4()}</uuid><memory unit='MiB'>512</memory>"
+            f"<vcpu>1</vcpu><devices><interface type='bridge'><source bridge='{bridge}'/></interface></devices>"
+            "</domain>")
+
+
+def test_remove_deletes_the_whole_subtree(net1: Cluster, client: Client) -> None:
+    net1.store.commit([Create(schema.reservation("100", "52:54:00:00:00:01"), "static"),
+                       Create(schema.acl("100", "in", "ssh"), "")])
+    before = snapshot(net1)
+    r = client.request("DELETE", f"{API}/network/net1")
+    assert r.status == 200 and r.json() == {"message": "Network 'net1' (VNI 100) removed."}
+    gone = {k for k in before if k == schema.network("100") or k.startswith(schema.network("100") + "/")}
+    assert changed_keys(before, snapshot(net1)) == gone
+    assert len(gone) == len(network_keys("100")) + 2
+    assert [n["vni"] for n in list_networks(net1)] == [200]
+    assert_failed(client.request("DELETE", f"{API}/network/net1"), 510, "'net1'")
+
+
+def test_remove_refused_while_a_vm_uses_the_bridge(net1: Cluster, add_node: Callable[..., str], client: Client,
+                                                   cli: Callable[..., Any]) -> None:
+    from pvc.lib.ops.vm import define_vm
+
+    add_node("hv1")
+    define_vm(net1, vm_xml("web2", "vmbr100"))
+    define_vm(net1, vm_xml("web1", "vmbr100"))
+    define_vm(net1, vm_xml("other", "vmbr1000"))  # a different bridge does not count
+    before = snapshot(net1)
+    with pytest.raises(InvalidState) as caught:
+        remove_network(net1, "100")
+    assert caught.value.message == ("Network 'net1' (VNI 100) is used by VMs 'web1', 'web2' (bridge vmbr100); "
+                                    "detach them first.")
+    assert_failed(client.request("DELETE", f"{API}/network/net1"), 510, "'web1', 'web2'", "vmbr100")
+    assert_cli_failed(cli("network", "remove", "net1", "--yes"), 4, "'web1', 'web2'")
+    assert snapshot(net1) == before
+    assert remove_network(net1, "taken") == "Network 'taken' (VNI 200) removed."  # unused: fine
+
+
+def test_cli_remove_asks_first(net1: Cluster, cli: Callable[..., Any]) -> None:
+    before = snapshot(net1)
+    result = cli("network", "remove", "net1", input="n\n")
+    assert result.exit_code == 1 and "Really remove net1?" in result.output
+    assert snapshot(net1) == before
+    result = cli("network", "remove", "net1", input="y\n")
+    assert result.exit_code == 0 and "Network 'net1' (VNI 100) removed." in result.stdout
+    result = cli("network", "remove", "taken", "--yes")
+    assert result.exit_code == 0 and result.stdout == "Network 'taken' (VNI 200) removed.\n"
+    assert list_networks(net1) == []

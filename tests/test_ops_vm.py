@@ -22,7 +22,7 @@ import yaml
 from pvc.lib import schema
 from pvc.lib.config import Settings, load_settings
 from pvc.lib.core import Cluster
-from pvc.lib.errors import AlreadyExists, ConfigError, InvalidArgument, PvcError, quote
+from pvc.lib.errors import AlreadyExists, ConfigError, InvalidArgument, NotFound, PvcError, quote
 from pvc.lib.ops.vm import PARSED, define_vm, get_vm, list_vms, modify_vm, select_node, undefine_vm, vms_using_bridge
 from pvc.lib.registry import load_all
 from pvc.server.app import create_app
@@ -594,8 +594,27 @@ def test_list_round_trips_do_not_grow_with_the_vms(nodes: Cluster) -> None:
         list_vms(nodes, **query)
         assert nodes.store.round_trips - start <= 3
     start = nodes.store.round_trips
-    get_vm(nodes, "vm42")
-    assert nodes.store.round_trips - start <= 3
+    get_vm(nodes, "vm42")  # by name: all names in one batch (after a miss of the name's remembered UUID)
+    assert nodes.store.round_trips - start <= 4
+    start = nodes.store.round_trips
+    get_vm(nodes, "vm42")  # the UUID found for the name is remembered and verified with one read
+    assert nodes.store.round_trips - start == 1
+
+
+def test_a_remembered_name_is_never_believed_when_stale(nodes: Cluster) -> None:
+    """Finding a VM by name remembers its UUID; after a rename, a new VM of the old name and an
+    undefine, the name still leads to the right VM or to none."""
+    first = define(nodes, "cached")
+    assert get_vm(nodes, "cached")[0]["uuid"] == first
+    modify_vm(nodes, "cached", vm_xml("renamed", first))
+    with pytest.raises(NotFound):
+        get_vm(nodes, "cached")
+    second = define(nodes, "cached")
+    assert get_vm(nodes, "cached")[0]["uuid"] == second
+    assert get_vm(nodes, "renamed")[0]["uuid"] == first
+    undefine_vm(nodes, "cached")
+    with pytest.raises(NotFound):
+        get_vm(nodes, "cached")
 
 
 def test_list_parses_each_xml_once(nodes: Cluster) -> None:

@@ -78,14 +78,18 @@ def vm_uuids(core: Cluster) -> list[str]:
 
 
 def read_vms(core: Cluster, uuids: list[str], fields: tuple[str, ...]) -> list[Vm]:
-    """The given fields of many VMs in one batch, in the given order; VMs gone meanwhile are left out."""
-    paths = [schema.domain(u) for u in uuids] + [schema.domain_key(u, f) for u in uuids for f in fields]
-    entries = core.store.get_many(paths)
+    """The given fields (of DOMAIN_FIELDS) of many VMs in one batch, in the given order; VMs gone meanwhile are left out."""
+    unknown = set(fields) - set(schema.DOMAIN_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown VM fields {sorted(unknown)}")
+    heads = [schema.domain(u) for u in uuids]
+    keys = [[f"{head}/{f}" for f in fields] for head in heads]  # as schema.domain_key, built once
+    entries = core.store.get_many(heads + [k for row in keys for k in row])
     out = []
-    for u in uuids:
-        head = entries[schema.domain(u)]
-        if head is not None:
-            out.append(Vm(u, head.value, {f: entries[schema.domain_key(u, f)] for f in fields}))
+    for u, head, row in zip(uuids, heads, keys):
+        entry = entries[head]
+        if entry is not None:
+            out.append(Vm(u, entry.value, {f: entries[k] for f, k in zip(fields, row)}))
     return out
 
 
@@ -131,6 +135,12 @@ def vm_object(vm: Vm) -> dict[str, Any]:
 
 OBJECT_FIELDS = ("state", "node", "lastnode", "failedreason", "xml")
 
+#: The UUID last found for a VM name. Finding a VM by name otherwise reads every VM's name; with
+#: this, one read of the remembered VM's keys, which also verifies that it still has that name
+#: (names are unique: define and rename refuse a taken one), so a stale entry is never believed.
+_BY_NAME: dict[str, str] = {}
+_BY_NAME_LIMIT = 100_000
+
 
 def find_vm(core: Cluster, vm: str, fields: tuple[str, ...] = schema.DOMAIN_FIELDS) -> Vm:
     """The VM named ``vm`` (exactly), or whose UUID it is; NotFound otherwise."""
@@ -141,7 +151,15 @@ def find_vm(core: Cluster, vm: str, fields: tuple[str, ...] = schema.DOMAIN_FIEL
             return found[0]
         raise NotFound(f"VM {quote(vm)} not found.")
     schema.validate_name("VM", vm)
+    remembered = _BY_NAME.get(vm)
+    if remembered is not None:
+        found = read_vms(core, [remembered], fields)
+        if found and found[0].name == vm:
+            return found[0]
     names = read_vms(core, vm_uuids(core), ())
+    if len(_BY_NAME) + len(names) > _BY_NAME_LIMIT:
+        _BY_NAME.clear()
+    _BY_NAME.update((v.name, v.uuid) for v in names)  # every name was read: remember them all
     matches = [v.uuid for v in names if v.name == vm]
     if not matches:
         raise NotFound(f"VM {quote(vm)} not found.")

@@ -545,8 +545,8 @@ def test_state_commands(cli: Callable[..., Any], nodes: Cluster, vms: dict[str, 
 def test_migrate_move_unmigrate(cli: Callable[..., Any], nodes: Cluster, vms: dict[str, str]) -> None:
     uuid = vms["web2"]  # running on hv1
     assert ok(cli("vm", "migrate", "web2")) == "Migrating VM 'web2' to node 'hv2'.\n"
-    refused(cli, nodes, 4, "Error: VM 'web2' is being migrated already", args=("vm", "migrate", "web2", "-t", "hv3"))
-    refused(cli, nodes, 4, "is being migrated; ask again", args=("vm", "stop", "web2"))
+    refused(cli, nodes, 4, "Error: VM 'web2' is busy (state 'migrate')", args=("vm", "migrate", "web2", "-t", "hv3"))
+    refused(cli, nodes, 4, "is being migrated; ask again", args=("vm", "restart", "web2"))
     agent_writes_state(nodes, uuid)
     refused(cli, nodes, 4, "Error: VM 'web2' has been migrated before (from 'hv1')",
             args=("vm", "migrate", "web2", "-t", "hv3"))

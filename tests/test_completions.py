@@ -152,6 +152,31 @@ def test_node_names_from_the_config_file_store(tmp_path: Path, base_env: dict[st
     assert values(complete(f"pvc --config {config} node info x", base_env)) == []
 
 
+def test_vm_and_network_names_from_the_store(tmp_path: Path, base_env: dict[str, str]) -> None:
+    """VM names, and network VNIs and descriptions, complete from the store as the shell runs it."""
+    from pvc.lib.node_reports import NodeFigures, publish_figures, report_domain_state
+    from pvc.lib.ops.network import add_network
+    from pvc.lib.ops.vm import define_vm
+
+    store = tmp_path / "cluster.sqlite"
+    with Cluster(Settings(store_path=str(store))) as core:
+        register_node(core, "hv1", FACTS)
+        publish_figures(core, "hv1", NodeFigures(memtotal=1000), daemon_state="run")
+        report_domain_state(core, "hv1", "ready")
+        for i, name in enumerate(("web1", "web2", "db1")):
+            define_vm(core, f"<domain><name>{name}</name><uuid>00000000-0000-0000-0000-00000000000{i}</uuid></domain>")
+        add_network(core, 100, "office", "bridged")
+        add_network(core, 1000, "lab", "managed", ip4_network="10.0.0.0/24", ip4_gateway="10.0.0.1")
+    config = config_file(tmp_path, path=str(store))
+    assert values(complete(f"pvc --config {config} vm start w", base_env)) == ["web1", "web2"]
+    assert values(complete(f"pvc --config {config} vm info ", base_env)) == ["db1", "web1", "web2"]
+    assert values(complete(f"pvc --config {config} vm migrate web1 --node ", base_env)) == ["hv1"]
+    assert values(complete(f"pvc --config {config} vm list --state s", base_env)) == ["start", "shutdown", "stop"]
+    assert values(complete(f"pvc --config {config} network info 10", base_env)) == ["100", "1000"]
+    assert values(complete(f"pvc --config {config} network acl list l", base_env)) == ["lab"]
+    assert values(complete(f"pvc --config {config} network dhcp list o", base_env)) == ["office"]
+
+
 def test_node_names_from_pvc_config_file(tmp_path: Path, base_env: dict[str, str]) -> None:
     store = tmp_path / "cluster.sqlite"
     add_nodes(Settings(store_path=str(store)), "hv1", "hv2")

@@ -169,6 +169,40 @@ def test_hook_add_old_del_init(net: Cluster) -> None:
     assert hook(net, "init", "--network", "other").stdout == ""
 
 
+def test_hook_old_without_hostname_keeps_it_add_without_stores_none(net: Cluster) -> None:
+    """dnsmasq sends `old` for a renewal with the hostname only when it knows one: the recorded
+    hostname stays. `add` without a hostname records none, even over an earlier lease's."""
+    env = {"DNSMASQ_INTERFACE": "vmbr100", "DNSMASQ_LEASE_EXPIRES": "1700000000"}
+    assert hook(net, "add", MAC1, "10.1.0.150", "web1", **env).exit_code == 0
+    path = schema.lease("100", MAC1)
+    before = snapshot(net)
+    result = hook(net, "old", MAC1, "10.1.0.150", **{**env, "DNSMASQ_LEASE_EXPIRES": "1700086400"})
+    assert (result.exit_code, result.output) == (0, "")
+    assert changed_keys(before, snapshot(net)) == {f"{path}/expiry"}
+    assert lease(net, "100", MAC1)["hostname"] == "web1"
+    assert list_leases(net, "lan")[0]["hostname"] == "web1"
+    assert hook(net, "old", MAC1, "10.1.0.150", "web1-new", **env).exit_code == 0  # a new name is taken
+    assert lease(net, "100", MAC1)["hostname"] == "web1-new"
+    assert hook(net, "add", MAC1, "10.1.0.150", **env).exit_code == 0  # a new lease without a name: none
+    assert lease(net, "100", MAC1)["hostname"] == ""
+    assert list_leases(net, "lan")[0]["hostname"] is None
+    # `old` for a lease not recorded yet (dnsmasq re-reading its leases) records it without a name
+    assert hook(net, "old", MAC2, "10.1.0.151", **env).exit_code == 0
+    assert lease(net, "100", MAC2) == {"": "", "expiry": "1700000000", "ipaddr": "10.1.0.151", "hostname": "",
+                                       "clientid": ""}
+
+
+def test_record_keep_hostname(net: Cluster) -> None:
+    record_lease(net, "100", MAC1, "10.1.0.150", "web1", 1700000000)
+    before = snapshot(net)
+    assert record_lease(net, "100", MAC1, "10.1.0.150", None, 1700000000, keep_hostname=True).endswith("unchanged.")
+    assert snapshot(net) == before
+    record_lease(net, "100", MAC1, "10.1.0.151", None, 1700000001, keep_hostname=True)
+    assert lease(net, "100", MAC1)["hostname"] == "web1" and lease(net, "100", MAC1)["ipaddr"] == "10.1.0.151"
+    record_lease(net, "100", MAC1, "10.1.0.151", None, 1700000001)
+    assert lease(net, "100", MAC1)["hostname"] == ""
+
+
 def test_hook_lease_length_and_network_option(net: Cluster) -> None:
     start = int(time.time())
     result = hook(net, "--network", "other", "add", MAC1, "10.2.0.50", DNSMASQ_LEASE_LENGTH="3600",

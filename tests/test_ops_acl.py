@@ -629,3 +629,44 @@ def test_cli_refusals(cli: Callable[..., Any], core: Cluster, net: str) -> None:
     r = cli("network", "acl", "info", "1000", "ss")
     assert r.exit_code == 3 and "'ss'" in r.stderr
     assert snapshot(core) == before
+
+
+@pytest.mark.parametrize("how", [["--in"], ["--out"], ["--direction", "in"], ["--direction", "out"]])
+def test_cli_in_out_flags_of_the_original(cli: Callable[..., Any], core: Cluster, net: str, how: list[str]) -> None:
+    """`--in` / `--out` (the original's §5.2) mean `--direction in|out` on add, remove, list and info."""
+    direction = how[-1].lstrip("-")
+    other = "out" if direction == "in" else "in"
+    add_acl(core, net, "both", other, "counter accept")
+    r = cli("network", "acl", "add", net, "-d", "web", *how, "-r", "tcp dport 80 accept")
+    assert (r.exit_code, r.stdout) == (0, "Firewall rule 'web' added successfully!\n"), r.output
+    r = cli("network", "acl", "add", net, "-d", "both", *how, "-r", "accept", "-o", "0")
+    assert r.exit_code == 0, r.output
+    assert stored(core, net, direction) == {"both": ("0", "accept"), "web": ("1", "tcp dport 80 accept")}
+    r = cli("network", "acl", "list", net, *how, "--format", "json")
+    assert (r.exit_code, [(a["direction"], a["description"]) for a in json.loads(r.stdout)]) == \
+        (0, [(direction, "both"), (direction, "web")]), r.output
+    r = cli("network", "acl", "info", net, "both", *how, "--format", "json")
+    assert (r.exit_code, json.loads(r.stdout)) == (0, [{"description": "both", "direction": direction, "order": 0,
+                                                        "rule": "accept"}]), r.output
+    r = cli("network", "acl", "remove", net, "both", *how, "--yes")
+    assert (r.exit_code, r.stdout) == (0, "Firewall rule 'both' removed successfully!\n"), r.output
+    assert stored(core, net, direction) == {"web": ("0", "tcp dport 80 accept")}
+    assert stored(core, net, other) == {"both": ("0", "counter accept")}
+
+
+def test_cli_without_direction(cli: Callable[..., Any], core: Cluster, net: str) -> None:
+    """list and info take either direction without one; add and remove need one (exit 2, nothing written)."""
+    add_acl(core, net, "ssh", "in", "tcp dport 22 accept")
+    add_acl(core, net, "ssh", "out", "tcp sport 22 accept")
+    r = cli("network", "acl", "list", net, "--format", "json")
+    assert (r.exit_code, [(a["direction"], a["description"]) for a in json.loads(r.stdout)]) == \
+        (0, [("in", "ssh"), ("out", "ssh")]), r.output
+    r = cli("network", "acl", "info", net, "ssh", "--format", "json")
+    assert (r.exit_code, [a["direction"] for a in json.loads(r.stdout)]) == (0, ["in", "out"]), r.output
+    before = snapshot(core)
+    for args in (["add", net, "-d", "web", "-r", "accept"], ["remove", net, "ssh", "--yes"], ["remove", net, "ssh"]):
+        r = cli("network", "acl", *args, input="y\n")
+        assert r.exit_code == 2, (args, r.output)
+        assert "--direction" in r.stderr and "--in/--out" in r.stderr, r.stderr
+        assert r.stdout == ""
+        assert snapshot(core) == before

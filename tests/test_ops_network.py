@@ -4,6 +4,7 @@ versions) unchanged; concurrent writers are threads with their own store session
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import threading
 import uuid
@@ -97,14 +98,14 @@ def existing(core: Cluster) -> Cluster:
 # --- add ------------------------------------------------------------------------------------------
 
 
-def test_add_managed_writes_the_original_layout_in_one_commit(core: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
-    commits: list[int] = []
-    real = core.store.commit
-    monkeypatch.setattr(core.store, "commit", lambda ops: (commits.append(len(ops)), real(ops))[1])
+def test_add_managed_writes_the_original_layout_in_one_commit(core: Cluster) -> None:
     before = snapshot(core)
+    trips = core.store.round_trips
     message = add_network(core, 100, "net1", "managed", ip6_network="fd00:1:2:3:0:0:0:0/64", **IP4)
     assert message == "Network 'net1' (VNI 100) added."
-    assert len(commits) == 1
+    # One batch each: the networks key, the VNI's key, the VNI list, their descriptions; then one
+    # commit. Writing the keys in more than one commit would take more round trips.
+    assert core.store.round_trips - trips == 5
     assert changed_keys(before, snapshot(core)) == network_keys("100") | {schema.NETWORKS}
     assert stored(core, "100") == {
         "": "net1", "nettype": "managed", "domain": "net1.local", "ip4_network": "10.1.0.0/24",
@@ -160,6 +161,84 @@ def test_empty_optional_values_are_not_given(core: Cluster, client: Client) -> N
     assert stored(core, "7")["domain"] == "e.local" and stored(core, "7")["ip4_network"] == "None"
 
 
+BRIDGED_UNSET = {"nettype": "bridged", "ip4_network": "None", "ip4_gateway": "None", "ip6_network": "None",
+                 "ip6_gateway": "None", "dhcp4_flag": "False", "dhcp6_flag": "False", "dhcp4_start": "None",
+                 "dhcp4_end": "None"}
+
+
+@pytest.mark.parametrize("given, ignored", [
+    ({"ip4_network": "10.1.0.0/24", "dhcp4": True}, "ip4_network and dhcp4 were ignored"),
+    (IP4, "ip4_network, ip4_gateway, dhcp4, dhcp4_start and dhcp4_end were ignored"),
+    ({"ip6_network": "fd00::/64"}, "ip6_network was ignored"),
+    # not used, so not checked either
+    ({"ip4_network": "junk", "ip6_gateway": "fd00::1", "dhcp4_end": "x"},
+     "ip4_network, ip6_gateway and dhcp4_end were ignored"),
+    ({"ip4_gateway": "10.1.0.1", "ip6_gateway": "fd00::1"}, "ip4_gateway and ip6_gateway were ignored"),
+    ({"dhcp4": False}, None),
+])
+def test_add_bridged_ignores_ip_and_dhcp_values(core: Cluster, client: Client, cli: Callable[..., Any],
+                                                given: dict[str, Any], ignored: str | None) -> None:
+    """The manual: "All additional optional values are ignored by this type"; none is stored, and
+    the message names what was ignored."""
+    def expected(name: str, vni: int) -> str:
+        note = f"; a bridged network takes no IP or DHCP values, so {ignored}" if ignored else ""
+        return f"Network '{name}' (VNI {vni}) added{note}."
+
+    assert add_network(core, 10, "lib", "bridged", domain="lib.example", **given) == expected("lib", 10)
+    r = client.request("POST", f"{API}/network", data=http_values({"vni": 11, "description": "http",
+                                                                   "nettype": "bridged", **given}))
+    assert (r.status, r.json()) == (200, {"message": expected("http", 11)})
+    result = cli("network", "add", *cli_args({"vni": 12, "description": "cli", "nettype": "bridged", **given}))
+    assert (result.exit_code, result.stdout) == (0, expected("cli", 12) + "\n"), result.output
+    assert stored(core, "10") == {"": "lib", "domain": "lib.example", **BRIDGED_UNSET}
+    assert stored(core, "11") == {"": "http", "domain": "http.local", **BRIDGED_UNSET}
+    assert stored(core, "12") == {"": "cli", "domain": "cli.local", **BRIDGED_UNSET}
+    assert [n["ip4"]["network"] for n in list_networks(core)] == [None, None, None]
+
+
+@pytest.mark.parametrize("gateway, note", [
+    ("fd00:2::1", "ip6_gateway 'fd00:2::1' is not an address in fd00:1::/64; using fd00:1::1"),
+    ("junk", "ip6_gateway 'junk' is not an address in fd00:1::/64; using fd00:1::1"),
+    ("10.1.0.1", "ip6_gateway '10.1.0.1' is not an address in fd00:1::/64; using fd00:1::1"),
+    ("fd00:1::", "ip6_gateway 'fd00:1::' is the network address of fd00:1::/64; using fd00:1::1"),
+])
+def test_add_invalid_ip6_gateway_falls_back_to_the_default(core: Cluster, client: Client, cli: Callable[..., Any],
+                                                           gateway: str, note: str) -> None:
+    """The manual: "If ip6_network is specified but ip6_gateway is not specified or is invalid,
+    default to <ip6_network>::1"; the message says so."""
+    assert add_network(core, 10, "lib", "managed", ip6_network="fd00:1::/64", ip6_gateway=gateway) == \
+        f"Network 'lib' (VNI 10) added; {note}."
+    r = client.request("POST", f"{API}/network", data={"vni": "11", "description": "http", "nettype": "managed",
+                                                       "ip6_network": "fd00:1::/64", "ip6_gateway": gateway})
+    assert (r.status, r.json()) == (200, {"message": f"Network 'http' (VNI 11) added; {note}."})
+    result = cli("network", "add", "12", "-d", "cli", "-p", "managed", "--ipnet6", "fd00:1::/64",
+                 f"--gateway6={gateway}")
+    assert (result.exit_code, result.stdout) == (0, f"Network 'cli' (VNI 12) added; {note}.\n"), result.output
+    for vni in ("10", "11", "12"):
+        values = stored(core, vni)
+        assert (values["ip6_network"], values["ip6_gateway"], values["dhcp6_flag"]) == ("fd00:1::/64", "fd00:1::1",
+                                                                                        "True")
+
+
+def test_modify_invalid_ip6_gateway_falls_back_to_the_default(core: Cluster, client: Client,
+                                                              cli: Callable[..., Any]) -> None:
+    add_network(core, 10, "v6", "managed", ip6_network="fd00:1::/64", ip6_gateway="fd00:1::fe")
+    assert modify_network(core, "v6", ip6_gateway="fd00:9::1") == \
+        "Network 'v6' (VNI 10) modified; ip6_gateway 'fd00:9::1' is not an address in fd00:1::/64; using fd00:1::1."
+    assert stored(core, "10")["ip6_gateway"] == "fd00:1::1"
+    modify_network(core, "v6", ip6_gateway="fd00:1::fe")
+    r = client.request("PUT", f"{API}/network/v6", data={"ip6_network": "fd00:2::/64", "ip6_gateway": "bad"})
+    assert (r.status, r.json()) == (200, {"message": "Network 'v6' (VNI 10) modified; ip6_gateway 'bad' is not an "
+                                                     "address in fd00:2::/64; using fd00:2::1."})
+    assert (stored(core, "10")["ip6_network"], stored(core, "10")["ip6_gateway"]) == ("fd00:2::/64", "fd00:2::1")
+    before = snapshot(core)  # the default already: nothing to write, but still said
+    result = cli("network", "modify", "v6", "--gateway6", "fd00:2::")
+    assert (result.exit_code, result.stdout) == (
+        0, "Network 'v6' (VNI 10) already has these values; nothing changed; ip6_gateway 'fd00:2::' is the network "
+           "address of fd00:2::/64; using fd00:2::1.\n"), result.output
+    assert snapshot(core) == before
+
+
 #: (values changed from VALID, fragments the message must contain)
 REFUSED = [
     ({"vni": 0}, ["'0'", "1 to 16777215"]),
@@ -174,12 +253,10 @@ REFUSED = [
     ({"description": ""}, ["must not be empty"]),
     ({"nettype": "unmanagedX"}, ["'unmanagedX'"]),
     ({"nettype": "Managed"}, ["'Managed'"]),
-    ({"nettype": "bridged", "vni": 5, "dhcp4": None, "dhcp4_start": None, "dhcp4_end": None}, ["bridged",
-                                                                                               "'ip4_network'",
-                                                                                               "'10.1.0.0/24'"]),
-    ({"nettype": "bridged", "vni": 5, **dict.fromkeys(IP4), "dhcp4": True}, ["bridged", "'dhcp4'"]),
-    ({"nettype": "bridged", "vni": 5, **dict.fromkeys(IP4), "ip6_gateway": "fd00::1"}, ["'ip6_gateway'",
-                                                                                          "'fd00::1'"]),
+    # a bridged network ignores IP values, but not a bad VNI, description or domain
+    ({"nettype": "bridged", "vni": 4095}, ["'4095'", "1 to 4094"]),
+    ({"nettype": "bridged", "vni": 5, "description": "a b", "ip4_network": "junk"}, ["'a b'", "whitespace"]),
+    ({"nettype": "bridged", "vni": 5, "domain": "x y", "ip6_gateway": "junk"}, ["'x y'"]),
     ({**dict.fromkeys(IP4)}, ["'ip4_network' or 'ip6_network'"]),
     ({"ip4_network": "10.1.0.0"}, ["'10.1.0.0'", "CIDR"]),
     ({"ip4_network": "10.1.0.5/24"}, ["'10.1.0.5/24'", "host bits", "10.1.0.0/24"]),
@@ -197,9 +274,7 @@ REFUSED = [
     ({"ip6_network": "fd00:1::1/64"}, ["'fd00:1::1/64'", "host bits"]),
     ({"ip6_network": "fd00:1::/128"}, ["'fd00:1::/128'"]),
     ({"ip6_network": "10.0.0.0/8"}, ["'10.0.0.0/8'"]),
-    ({"ip6_network": "fd00:1::/64", "ip6_gateway": "fd00:2::1"}, ["'fd00:2::1'", "not inside"]),
-    ({"ip6_network": "fd00:1::/64", "ip6_gateway": "junk"}, ["'junk'"]),
-    ({"ip6_network": "fd00:1::/64", "ip6_gateway": "fd00:1::"}, ["'fd00:1::'", "network address"]),
+    ({"ip6_network": "fd00:1::1/64", "ip6_gateway": "junk"}, ["'fd00:1::1/64'", "host bits"]),  # no default then
     ({"dhcp4_start": None}, ["'dhcp4_start'"]),
     ({"dhcp4_end": None}, ["'dhcp4_end'"]),
     ({"dhcp4_start": "10.2.0.100"}, ["'10.2.0.100'", "not inside"]),
@@ -499,12 +574,30 @@ def test_modify_refused_and_nothing_written(net1: Cluster, client: Client, cli: 
     assert snapshot(net1) == before
 
 
-def test_bridged_network_keeps_refusing_ip_values(net1: Cluster) -> None:
+def test_modify_bridged_ignores_ip_values(net1: Cluster, client: Client, cli: Callable[..., Any]) -> None:
     before = snapshot(net1)
-    with pytest.raises(InvalidArgument, match="bridged.*'ip4_network'.*'10.5.0.0/24'"):
-        modify_network(net1, "taken", ip4_network="10.5.0.0/24", ip4_gateway="10.5.0.1")
+    assert modify_network(net1, "taken", ip4_network="10.5.0.0/24", ip4_gateway="10.5.0.1") == (
+        "Network 'taken' (VNI 200) already has these values; nothing changed; a bridged network takes no IP or DHCP "
+        "values, so ip4_network and ip4_gateway were ignored.")
     assert snapshot(net1) == before
-    assert modify_network(net1, "taken", dhcp4=False).endswith("nothing changed.")
+    assert modify_network(net1, "taken", dhcp4=False) == \
+        "Network 'taken' (VNI 200) already has these values; nothing changed."
+    r = client.request("PUT", f"{API}/network/taken", data={"domain": "t.example", "dhcp4": "true",
+                                                            "dhcp4_start": "junk"})
+    assert (r.status, r.json()) == (200, {"message": "Network 'taken' (VNI 200) modified; a bridged network takes no "
+                                                     "IP or DHCP values, so dhcp4 and dhcp4_start were ignored."})
+    assert changed_keys(before, snapshot(net1)) == {schema.network_key("200", "domain")}
+    result = cli("network", "modify", "200", "--ipnet6", "fd00::/64", "-d", "renamed")
+    assert (result.exit_code, result.stdout) == (
+        0, "Network 'renamed' (VNI 200) modified; a bridged network takes no IP or DHCP values, so ip6_network was "
+           "ignored.\n"), result.output
+    assert stored(net1, "200") == {"": "renamed", "domain": "t.example", **BRIDGED_UNSET}
+    before = snapshot(net1)
+    with pytest.raises(InvalidArgument, match="'a b'"):  # what is checked still is
+        modify_network(net1, "200", description="a b", ip4_network="10.5.0.0/24")
+    assert_failed(client.request("PUT", f"{API}/network/200", data={"domain": "a b", "ip4_network": "x"}), 510,
+                  "'a b'")
+    assert snapshot(net1) == before
 
 
 @pytest.mark.parametrize("values, fragment", [({"nettype": "managed"}, "'nettype'"), ({"vni": "5"}, "'vni'")])
@@ -545,6 +638,115 @@ def test_concurrent_renames_to_one_description_land_once(net1: Cluster) -> None:
         t.join(60)
     assert sorted(results) == ["exists", "exists", "renamed"]
     assert [n["description"] for n in list_networks(net1)].count("same") == 1
+
+
+# --- modify and static reservations -----------------------------------------------------------------
+
+MAC1, MAC2, MAC3 = "52:54:00:00:00:01", "52:54:00:00:00:02", "52:54:00:00:00:03"
+
+
+@pytest.fixture
+def reserved(net1: Cluster) -> Cluster:
+    """net1 (10.1.0.0/24, gateway .1, DHCP .100-.199) with reservations at .10, .64 and .127."""
+    from pvc.lib.ops.lease import add_lease
+
+    for mac, ip in ((MAC1, "10.1.0.10"), (MAC2, "10.1.0.64"), (MAC3, "10.1.0.127")):
+        add_lease(net1, "net1", mac, ip)
+    return net1
+
+
+#: (changes, MACs named with their address and why, MACs not named)
+STRANDING = [
+    ({"ip4_network": "10.2.0.0/24", "ip4_gateway": "10.2.0.1", "dhcp4": False},
+     [(MAC1, "10.1.0.10", "not inside"), (MAC2, "10.1.0.64", "not inside"), (MAC3, "10.1.0.127", "not inside")], []),
+    ({"ip4_network": "10.1.0.0/26", "dhcp4": False}, [(MAC2, "10.1.0.64", "not inside"),
+                                                      (MAC3, "10.1.0.127", "not inside")], [MAC1]),
+    ({"ip4_network": "10.1.0.0/25", "dhcp4": False}, [(MAC3, "10.1.0.127", "broadcast")], [MAC1, MAC2]),
+    ({"ip4_network": "10.1.0.64/26", "ip4_gateway": "10.1.0.65", "dhcp4": False},
+     [(MAC1, "10.1.0.10", "not inside"), (MAC2, "10.1.0.64", "network address"), (MAC3, "10.1.0.127", "broadcast")],
+     []),
+    ({"ip4_gateway": "10.1.0.10"}, [(MAC1, "10.1.0.10", "gateway")], [MAC2, MAC3]),
+    ({"ip4_network": "", "ip6_network": "fd00:1::/64", "dhcp4": False},
+     [(MAC1, "10.1.0.10", "no IPv4"), (MAC2, "10.1.0.64", "no IPv4"), (MAC3, "10.1.0.127", "no IPv4")], []),
+]
+
+
+@pytest.mark.parametrize("changes, named, spared", STRANDING)
+def test_modify_refuses_to_strand_reservations(reserved: Cluster, client: Client, cli: Callable[..., Any],
+                                               changes: dict[str, Any], named: list[tuple[str, str, str]],
+                                               spared: list[str]) -> None:
+    before = snapshot(reserved)
+    with pytest.raises(InvalidState) as caught:
+        modify_network(reserved, "net1", **changes)
+    message = caught.value.message
+    assert message.startswith("Network 'net1' (VNI 100): ") and "would strand" in message, message
+    for mac, ip, why in named:
+        assert re.search(f"'{mac}' \\({re.escape(ip)}: [^)]*{why}", message), message
+    for mac in spared:
+        assert mac not in message, message
+    assert snapshot(reserved) == before
+    assert_failed(client.request("PUT", f"{API}/network/net1", data=http_values(changes)), 510,
+                  *(f"'{mac}' ({ip}" for mac, ip, _ in named))
+    assert snapshot(reserved) == before
+    args = ["--no-dhcp" if k == "dhcp4" else f"{OPTIONS[k]}={v}" for k, v in changes.items()]
+    assert_cli_failed(cli("network", "modify", "net1", *args), 4, *(f"'{mac}' ({ip}" for mac, ip, _ in named))
+    assert snapshot(reserved) == before
+
+
+def test_modify_keeping_reservations_inside_is_fine(reserved: Cluster, client: Client, cli: Callable[..., Any]) -> None:
+    assert modify_network(reserved, "net1", ip4_network="10.1.0.0/16", dhcp4_start="10.1.1.0",
+                          dhcp4_end="10.1.1.255") == "Network 'net1' (VNI 100) modified."
+    r = client.request("PUT", f"{API}/network/net1", data={"ip4_gateway": "10.1.0.2"})
+    assert r.status == 200, r.text
+    assert cli("network", "modify", "net1", "--domain", "x.example").exit_code == 0
+    assert (stored(reserved, "100")["ip4_network"], stored(reserved, "100")["ip4_gateway"]) == ("10.1.0.0/16",
+                                                                                                "10.1.0.2")
+
+
+def test_modify_races_a_reservation_add(net1: Cluster) -> None:
+    """A reservation added while the network shrinks: either the reservation lands and the modify
+    is refused, or the modify lands and the reservation is refused; never both (the modify checks
+    the reservations' container at the version it read). Threads with their own sessions; without
+    that check, both land within a few rounds."""
+    from pvc.lib.dhcp_leases import read_reservations
+    from pvc.lib.ops.lease import add_lease, remove_lease
+
+    modify_network(net1, "net1", dhcp4=False)
+    with Cluster(net1.settings) as adder, Cluster(net1.settings) as modifier:
+        for i in range(25):
+            results: dict[str, str] = {}
+            barrier = threading.Barrier(2)
+
+            def add(own: Cluster = adder) -> None:
+                barrier.wait(30)
+                try:
+                    add_lease(own, "net1", MAC1, "10.1.0.200")
+                    results["add"] = "done"
+                except InvalidArgument as e:
+                    results["add"] = "refused" if "not inside" in e.message else e.message
+
+            def shrink(own: Cluster = modifier) -> None:
+                barrier.wait(30)
+                try:
+                    modify_network(own, "net1", ip4_network="10.1.0.0/25")
+                    results["modify"] = "done"
+                except InvalidState as e:
+                    results["modify"] = "refused" if "'52:54:00:00:00:01' (10.1.0.200" in e.message else e.message
+
+            threads = [threading.Thread(target=add), threading.Thread(target=shrink)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+            assert sorted(results.values()) == ["done", "refused"], (i, results)
+            values = stored(net1, "100")
+            for mac, reservation in read_reservations(net1, "100").items():
+                assert ipaddress.IPv4Address(reservation["ipaddr"]) in ipaddress.IPv4Network(values["ip4_network"]), \
+                    (i, values)
+            if results["add"] == "done":
+                remove_lease(net1, "net1", MAC1)
+            else:
+                modify_network(net1, "net1", ip4_network="10.1.0.0/24")
 
 
 # --- remove ---------------------------------------------------------------------------------------

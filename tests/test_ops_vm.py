@@ -23,7 +23,17 @@ from pvc.lib import schema
 from pvc.lib.config import Settings, load_settings
 from pvc.lib.core import Cluster
 from pvc.lib.errors import AlreadyExists, ConfigError, InvalidArgument, NotFound, PvcError, quote
-from pvc.lib.ops.vm import PARSED, define_vm, get_vm, list_vms, modify_vm, select_node, undefine_vm, vms_using_bridge
+from pvc.lib.ops.vm import (
+    PARSED,
+    define_vm,
+    get_vm,
+    list_vms,
+    modify_vm,
+    select_node,
+    set_vm_state,
+    undefine_vm,
+    vms_using_bridge,
+)
 from pvc.lib.registry import load_all
 from pvc.server.app import create_app
 from pvc.server.errors import status_for
@@ -179,7 +189,7 @@ def test_define_without_rbd_disks_has_an_empty_rbdlist(via: str, nodes: Cluster,
 @VIA
 def test_define_canonicalises_the_uuid(via: str, nodes: Cluster, client: Client) -> None:
     uuid = new_uuid()
-    xml = vm_xml("web1", "{" + uuid.upper() + "}")
+    xml = vm_xml("web1", uuid.upper())
     assert run(via, nodes, client, "vm.define", xml=xml, node="hv1") == (
         f"Defined VM 'web1' with UUID '{uuid}' on node 'hv1'.")
     assert nodes.store.children(schema.DOMAINS) == [uuid]
@@ -196,16 +206,6 @@ def test_define_refuses_bad_and_hostile_xml(via: str, nodes: Cluster, client: Cl
     failure = refused(via, nodes, client, "vm.define", 510, "invalid_argument", fragment, xml=xml, node="hv1")
     assert "root:" not in failure.message  # nothing of /etc/passwd, whatever the document asked for
     assert nodes.store.children(schema.DOMAINS) == []
-
-
-def test_hostile_xml_is_refused_quickly(nodes: Cluster) -> None:
-    """The billion laughs never gets expanded: it is refused before the parser sees it."""
-    (laughs,) = [xml for name, xml, _ in bad_documents(new_uuid()) if name == "billion-laughs"]
-    started = time.perf_counter()
-    for _ in range(20):
-        with pytest.raises(InvalidArgument, match="DOCTYPE is not allowed"):
-            define_vm(nodes, laughs)
-    assert time.perf_counter() - started < 2.0
 
 
 @VIA
@@ -912,12 +912,13 @@ def test_shutdown_and_restart_need_a_running_vm(via: str, nodes: Cluster, client
 
 
 @VIA
-@pytest.mark.parametrize("request_", ["start", "stop", "shutdown", "restart"])
-def test_no_state_change_while_migrating(via: str, nodes: Cluster, client: Client, web1: str, request_: str) -> None:
+@pytest.mark.parametrize("request_", ["start", "shutdown", "restart"])
+def test_no_state_change_but_stop_while_migrating(via: str, nodes: Cluster, client: Client, web1: str,
+                                                  request_: str) -> None:
     agent_writes_state(nodes, web1, "start")
     run(via, nodes, client, "vm.set-node", vm="web1", action="migrate", node="hv2")
     refused(via, nodes, client, "vm.set-state", 510, "invalid_state",
-            "VM 'web1' is being migrated; ask again once it has settled.", vm="web1", state=request_)
+            "VM 'web1' is being migrated; ask again once it has settled (or stop it).", vm="web1", state=request_)
     agent_writes_state(nodes, web1)  # the agent settles the migration
     assert run(via, nodes, client, "vm.set-state", vm="web1", state="stop") == "Forcibly stopping VM 'web1'."
 
@@ -1005,7 +1006,7 @@ def test_no_node_action_while_migrating(via: str, nodes: Cluster, client: Client
                                         values: dict[str, Any]) -> None:
     run(via, nodes, client, "vm.set-node", vm="web1", action="migrate", node="hv2")
     refused(via, nodes, client, "vm.set-node", 510, "invalid_state",
-            "VM 'web1' is being migrated already; ask again once it has settled.", vm="web1", **values)
+            "VM 'web1' is busy (state 'migrate'); ask again once it has settled.", vm="web1", **values)
 
 
 @VIA
@@ -1160,3 +1161,76 @@ def test_target_selector_configuration(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_settings(str(path), env)
     assert caught.value.problems == ["pvc.system.migration.target_selector: must be one of mem, vcpus, load, vms"]
+
+
+# --- review fixes: limits, busy states, stopping a stuck migration --------------------------------
+
+
+@VIA
+def test_define_refuses_a_document_over_the_size_limit(via: str, nodes: Cluster, client: Client) -> None:
+    from pvc.lib.vm_xml import MAX_XML_BYTES
+
+    big = vm_xml("big", new_uuid(), description="x" * MAX_XML_BYTES)
+    refused(via, nodes, client, "vm.define", 510, "invalid_argument", f"the limit is {MAX_XML_BYTES}", xml=big)
+    assert nodes.store.children(schema.DOMAINS) == []
+    near = vm_xml("near", new_uuid(), description="x" * (MAX_XML_BYTES - 1000))
+    run(via, nodes, client, "vm.define", xml=near, node="hv1")  # just below the limit: fits one store write
+    assert [vm["name"] for vm in list_vms(nodes)] == ["near"]
+
+
+@VIA
+@pytest.mark.parametrize("spelling", ["{%s}", "urn:uuid:%s", " %s x"])
+def test_define_refuses_uuid_spellings_libvirt_does_not_read(via: str, nodes: Cluster, client: Client,
+                                                             spelling: str) -> None:
+    text = spelling % new_uuid()
+    refused(via, nodes, client, "vm.define", 510, "invalid_argument", "is not a valid UUID",
+            xml=vm_xml("odd", text), node="hv1")
+
+
+@VIA
+def test_stop_is_accepted_during_a_migration(via: str, nodes: Cluster, client: Client) -> None:
+    """A migration whose target never reports back must not leave the VM impossible to stop."""
+    uuid = define(nodes, "stuck", node="hv1", state="migrate")
+    for state in ("start", "shutdown", "restart"):
+        refused(via, nodes, client, "vm.set-state", 510, "invalid_state", "being migrated", vm="stuck", state=state)
+    assert run(via, nodes, client, "vm.set-state", vm="stuck", state="stop") == "Forcibly stopping VM 'stuck'."
+    assert field(nodes, uuid, "state") == "stop"
+
+
+@VIA
+@pytest.mark.parametrize("busy", ["migrate", "restart", "shutdown"])
+@pytest.mark.parametrize("action, values", [("migrate", {}), ("migrate", {"permanent": True}), ("unmigrate", {})])
+def test_node_changes_wait_for_a_busy_vm(via: str, nodes: Cluster, client: Client, busy: str, action: str,
+                                         values: dict[str, Any]) -> None:
+    """A VM restarting, shutting down or migrating is still running where it was: moving it in the
+    tree then could leave it running where the tree no longer says it is."""
+    define(nodes, "busy", node="hv1", state=busy)
+    refused(via, nodes, client, "vm.set-node", 510, "invalid_state", f"busy (state '{busy}')",
+            vm="busy", action=action, **values)
+
+
+def test_a_vm_undefined_during_changes_is_reported_as_not_found(nodes: Cluster) -> None:
+    """Writers racing an undefine see "not found" (or succeed before it), never a store key error."""
+    define(nodes, "racing", node="hv1")
+    errors: list[PvcError] = []
+    done = threading.Event()
+    barrier = threading.Barrier(2)
+
+    def change_states() -> None:
+        with Cluster(nodes.settings) as own:
+            barrier.wait(30)
+            while not done.is_set():
+                for state in ("start", "stop"):
+                    try:
+                        set_vm_state(own, "racing", state)
+                    except PvcError as e:
+                        errors.append(e)
+                        return
+
+    worker = threading.Thread(target=change_states)
+    worker.start()
+    barrier.wait(30)
+    undefine_vm(nodes, "racing")
+    done.set()
+    worker.join(60)
+    assert errors and all(isinstance(e, NotFound) and "VM 'racing' not found" in e.message for e in errors), errors

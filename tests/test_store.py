@@ -1209,3 +1209,19 @@ def test_embedded_many_open_a_new_file_at_once(tmp_path: Any) -> None:
         for t in threads:
             t.join(60)
         assert failures == [], (round_, failures)
+
+
+def test_a_commit_too_large_for_zookeeper_is_refused_by_both_engines(store: Store) -> None:
+    """ZooKeeper drops the session on a request over its 1 MiB buffer; both engines refuse such a
+    commit up front with a clear error, and nothing is written. One just below the limit lands."""
+    from pvc.lib.store.base import MAX_COMMIT_BYTES
+
+    with pytest.raises(InvalidArgument, match="too large to store"):
+        store.commit([Create("/big", "x" * MAX_COMMIT_BYTES)])
+    with pytest.raises(InvalidArgument, match="too large to store"):
+        store.commit([Create("/a", "x" * 600_000), Create("/b", "y" * 600_000)])
+    assert not store.exists("/big") and not store.exists("/a")
+    store.commit([Create("/fits", "z" * (MAX_COMMIT_BYTES - 1000))])
+    assert len(store.get("/fits").value) == MAX_COMMIT_BYTES - 1000
+    store.commit([Create("/after", "ok")])  # the session is still fine
+    assert store.get("/after").value == "ok"

@@ -49,6 +49,16 @@ class ValueType(click.ParamType):
             core.close()
 
 
+def click_params(p: Param) -> list[click.Parameter]:
+    """The Click parameters of a value: its argument or option, and any flags giving a choice."""
+    if not p.cli_flags:
+        return [click_param(p)]
+    main = click_param(p)
+    main.required = False  # --in alone must do; a missing value is reported in the callback
+    return [main] + [click.Option([flag, p.name], flag_value=value, help=f"Same as --{p.name.replace('_', '-')} {value}.")
+                     for flag, value in p.cli_flags]
+
+
 def click_param(p: Param) -> click.Parameter:
     if p.positional:
         required = p.required and p.cli_default is None
@@ -90,7 +100,7 @@ def _command(op: Operation, verb: str, help_text: str, fixed: dict[str, Any], wa
              omit: tuple[str, ...] = (), destructive: bool | None = None) -> click.Command:
     destructive = op.destructive if destructive is None else destructive
     hidden = set(fixed) | set(omit)
-    params = [click_param(p) for p in op.params if p.name not in hidden]
+    params = [c for p in op.params if p.name not in hidden for c in click_params(p)]
     arguments = [p for p in params if isinstance(p, click.Argument)]
     options = [p for p in params if not isinstance(p, click.Argument)]
     view = RENDERERS.get(op.render or "")
@@ -120,6 +130,10 @@ def _command(op: Operation, verb: str, help_text: str, fixed: dict[str, Any], wa
             raise click.UsageError("--timeout only applies together with --wait.", ctx)
         confirmed = kwargs.pop("_yes", False)
         values = {**kwargs, **fixed}
+        for p in op.params:
+            if p.cli_flags and p.required and values.get(p.name) is None:
+                flags = "/".join(flag for flag, _ in p.cli_flags)
+                raise click.UsageError(f"Missing option '--{p.name.replace('_', '-')}' (or {flags}).", ctx)
         _read_files(op, values)
         if destructive and not confirmed:
             target = " ".join(str(values[p.name]) for p in op.params if p.positional and values.get(p.name) is not None)

@@ -3,10 +3,15 @@ on add, and again after a modify has merged its changes into the stored network.
 
 Decisions where the manual is silent or loose:
 
-- A bridged network takes no IP or DHCP values: they are refused, not silently dropped (the
-  manual says "ignored"). Its DNS ``domain`` is kept, as the original kept it.
-- An invalid ``ip6_gateway`` is refused rather than replaced by the default; a missing one is
-  the network address + 1 (``fd00:1::/64`` → ``fd00:1::1``).
+- A bridged network takes no IP or DHCP values. As the manual says ("all additional optional
+  values are ignored by this type"), they are accepted, not stored (the store keeps ``None`` and
+  ``False``), and the success message names the values that were ignored; since they are not
+  used, they are not checked either. Its VNI range, description and DNS ``domain`` are checked,
+  and the domain is kept, as the original kept it.
+- An ``ip6_gateway`` that is missing, not an IPv6 address, outside ``ip6_network`` or its network
+  address is the network address + 1 (``fd00:1::/64`` → ``fd00:1::1``), as the manual says; when
+  one was given, the success message says it was replaced. ``ip4_gateway`` has no such default:
+  missing or invalid is a failure, as the manual says.
 - Networks are given in CIDR form and stored normalised (``fd00:1:0:0::/64`` → ``fd00:1::/64``);
   host bits set are an error. An IPv4 network must leave room for a gateway and hosts (/30 or
   larger), an IPv6 one for a gateway (/127 or larger).
@@ -17,6 +22,9 @@ Decisions where the manual is silent or loose:
 - On modify an empty value clears an optional value (``ip6_network=`` removes IPv6, ``domain=``
   restores the default domain); clearing a network clears its gateway too, and a new IPv6
   network without a gateway gets the default one. ``vni`` and ``nettype`` cannot change.
+- A modify after which a static DHCP reservation would be outside the IPv4 network, on its new
+  gateway or on its network or broadcast address, or which removes IPv4 while reservations
+  exist, is refused, naming the reservations (:func:`stranded_reservations`).
 """
 
 from __future__ import annotations
@@ -33,6 +41,8 @@ NETTYPES = (BRIDGED, MANAGED)
 VNI_MAX = {BRIDGED: 4094, MANAGED: 16777215}
 #: The optional values a bridged network does not take.
 IP_VALUES = ("ip4_network", "ip4_gateway", "ip6_network", "ip6_gateway", "dhcp4_start", "dhcp4_end")
+#: The optional values in the manual's order, for messages.
+MANUAL_ORDER = ("ip4_network", "ip4_gateway", "ip6_network", "ip6_gateway", "dhcp4", "dhcp4_start", "dhcp4_end")
 #: The store's text for an unset value and for the flags (original §3.1).
 UNSET, TRUE, FALSE = "None", "True", "False"
 
@@ -92,27 +102,58 @@ def check_cidr(name: str, text: str, version: int) -> ipaddress.IPv4Network | ip
     return net
 
 
-def host_address(name: str, text: str, net: ipaddress.IPv4Network | ipaddress.IPv6Network
-                 ) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    """``text`` as an address of a host of ``net``: inside it, not its network (or broadcast) address."""
+def _host_problem(text: str, net: ipaddress.IPv4Network | ipaddress.IPv6Network
+                  ) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address | None, str | None]:
+    """``text`` as an address of ``net`` and None, or None/the address and why it is not a host of ``net``."""
     cls = ipaddress.IPv4Address if net.version == 4 else ipaddress.IPv6Address
     try:
         address = cls(text)
     except ValueError:
-        raise InvalidArgument(f"Invalid {quote(name)} {quote(text)}: it is not an IPv{net.version} address.") from None
+        return None, f"it is not an IPv{net.version} address"
     if address not in net:
-        raise InvalidArgument(f"Invalid {quote(name)} {quote(text)}: it is not inside the network {net}.")
+        return address, f"it is not inside the network {net}"
     if address == net.network_address:
-        raise InvalidArgument(f"Invalid {quote(name)} {quote(text)}: it is the network address of {net}.")
+        return address, f"it is the network address of {net}"
     if net.version == 4 and address == net.broadcast_address:
-        raise InvalidArgument(f"Invalid {quote(name)} {quote(text)}: it is the broadcast address of {net}.")
+        return address, f"it is the broadcast address of {net}"
+    return address, None
+
+
+def host_address(name: str, text: str, net: ipaddress.IPv4Network | ipaddress.IPv6Network
+                 ) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """``text`` as an address of a host of ``net``: inside it, not its network (or broadcast) address."""
+    address, problem = _host_problem(text, net)
+    if problem is not None or address is None:
+        raise InvalidArgument(f"Invalid {quote(name)} {quote(text)}: {problem}.")
     return address
 
 
-def check_network(vni: int, state: dict[str, Any]) -> dict[str, str]:
-    """Validate a whole network and return its stored values (NETWORK_FIELDS plus ``""``, the
-    description). ``state`` holds description, nettype, domain, the IP values (None when unset)
-    and dhcp4 (a bool)."""
+def _names(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def stranded_reservations(values: dict[str, str], reservations: dict[str, str | None]) -> list[str]:
+    """The static reservations (MAC → address) that a network with the stored ``values`` (those of
+    :func:`check_network`) would strand, each as "MAC (address: why)"; none when all still fit."""
+    if not reservations:
+        return []
+    if values["ip4_network"] == UNSET:
+        return [f"{quote(mac)} ({ip}: the network would have no IPv4)" for mac, ip in sorted(reservations.items())]
+    net = ipaddress.IPv4Network(values["ip4_network"])
+    out = []
+    for mac, ip in sorted(reservations.items()):
+        address, problem = _host_problem(str(ip), net)
+        if problem is None and str(address) == values["ip4_gateway"]:
+            problem = "it would be the gateway"
+        if problem is not None:
+            out.append(f"{quote(mac)} ({ip}: {problem})")
+    return out
+
+
+def check_network(vni: int, state: dict[str, Any]) -> tuple[dict[str, str], list[str]]:
+    """Validate a whole network; return its stored values (NETWORK_FIELDS plus ``""``, the
+    description) and notes for the success message on what was ignored or replaced. ``state``
+    holds description, nettype, domain, the IP values (None when unset) and dhcp4 (a bool)."""
     nettype = state["nettype"]
     if nettype not in NETTYPES:
         raise InvalidArgument(f"Invalid network type {quote(nettype)}: it must be 'bridged' or 'managed'.")
@@ -124,14 +165,14 @@ def check_network(vni: int, state: dict[str, Any]) -> dict[str, str]:
     domain = check_domain(state["domain"] if state["domain"] is not None else f"{description}.local")
     values = {"": description, "nettype": nettype, "domain": domain, "dhcp4_flag": FALSE, "dhcp6_flag": FALSE,
               **{name: UNSET for name in IP_VALUES}}
-    if nettype == BRIDGED:
-        given = [name for name in IP_VALUES if state[name] is not None]
-        if given:
-            raise InvalidArgument(f"A bridged network takes no IP or DHCP values, but {quote(given[0])} is given "
-                                  f"({quote(state[given[0]])}).")
-        if state["dhcp4"]:
-            raise InvalidArgument("A bridged network takes no IP or DHCP values, but 'dhcp4' is switched on.")
-        return values
+    notes: list[str] = []
+    if nettype == BRIDGED:  # the manual: "all additional optional values are ignored by this type"
+        given = {**{name: state[name] is not None for name in IP_VALUES}, "dhcp4": bool(state["dhcp4"])}
+        ignored = [name for name in MANUAL_ORDER if given[name]]
+        if ignored:
+            notes.append(f"a bridged network takes no IP or DHCP values, so {_names(ignored)} "
+                         f"{'was' if len(ignored) == 1 else 'were'} ignored")
+        return values, notes
     if state["ip4_network"] is None and state["ip6_network"] is None:
         raise InvalidArgument(f"A managed network needs 'ip4_network' or 'ip6_network' (network {quote(description)}, "
                               f"VNI {vni}).")
@@ -147,17 +188,21 @@ def check_network(vni: int, state: dict[str, Any]) -> dict[str, str]:
         values.update(ip4_network=str(net4), ip4_gateway=str(gateway4))
     if state["ip6_network"] is not None:
         net6 = check_cidr("ip6_network", state["ip6_network"], 6)
-        if state["ip6_gateway"] is None:
-            gateway6 = net6.network_address + 1
-        else:
-            gateway6 = host_address("ip6_gateway", state["ip6_gateway"], net6)
+        gateway6 = net6.network_address + 1  # the manual's default, for a missing or invalid gateway
+        if state["ip6_gateway"] is not None:
+            chosen, problem = _host_problem(state["ip6_gateway"], net6)
+            if problem is None and chosen is not None:
+                gateway6 = chosen
+            else:
+                what = "the network address of" if chosen == net6.network_address else "not an address in"
+                notes.append(f"ip6_gateway {quote(state['ip6_gateway'])} is {what} {net6}; using {gateway6}")
         values.update(ip6_network=str(net6), ip6_gateway=str(gateway6), dhcp6_flag=TRUE)
     if not state["dhcp4"]:
         for name in ("dhcp4_start", "dhcp4_end"):
             if state[name] is not None:
                 raise InvalidArgument(f"{quote(name)} {quote(state[name])} is given but DHCPv4 is not switched on "
                                       "('dhcp4').")
-        return values
+        return values, notes
     if state["ip4_network"] is None:
         raise InvalidArgument(f"DHCPv4 needs an IPv4 network: 'dhcp4' is switched on but 'ip4_network' is not given "
                               f"(network {quote(description)}, VNI {vni}).")
@@ -172,4 +217,4 @@ def check_network(vni: int, state: dict[str, Any]) -> dict[str, str]:
     if start <= gateway4 <= end:
         raise InvalidArgument(f"Invalid DHCPv4 range {start} to {end}: it contains the gateway {quote(gateway4)}.")
     values.update(dhcp4_flag=TRUE, dhcp4_start=str(start), dhcp4_end=str(end))
-    return values
+    return values, notes

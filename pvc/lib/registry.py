@@ -42,6 +42,8 @@ class Param:
     cli_aliases: tuple[str, ...] = ()
     #: CLI: the value is read from the file named on the command line ("-" for stdin).
     cli_file: bool = False
+    #: CLI: flags that each give a choice, such as the original's (("--in", "in"), ("--out", "out")).
+    cli_flags: tuple[tuple[str, str], ...] = ()
     #: Name of a completer (see :func:`completer`) offering values in the shell.
     complete: str | None = None
     #: CLI: a function giving the value when the command line leaves it out (e.g. this host).

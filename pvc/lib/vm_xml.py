@@ -26,6 +26,9 @@ MEMORY_UNITS = {
     "eb": 1000**6, "e": 1024**6, "eib": 1024**6,
 }
 MIB = 1024**2
+#: Largest document accepted: far above any real domain XML, and with the rest of a VM's keys
+#: well inside one store write (see pvc.lib.store.base.MAX_COMMIT_BYTES).
+MAX_XML_BYTES = 512 * 1024
 DOCTYPE_REFUSED = ("Invalid VM XML: a DOCTYPE is not allowed (libvirt XML needs none, and entities are never "
                    "expanded).")
 
@@ -52,6 +55,10 @@ def parse(text: str) -> Any:
 
     if not isinstance(text, str) or not text.strip():
         raise InvalidArgument("Invalid VM XML: the document is empty.")
+    size = len(text.encode("utf-8"))
+    if size > MAX_XML_BYTES:
+        raise InvalidArgument(f"Invalid VM XML: the document is {size} bytes; the limit is {MAX_XML_BYTES} "
+                              "(libvirt domain XML is a few kilobytes).")
     # Refused before libxml2 sees it: even without resolving them, libxml2 builds the DTD and
     # expands entity references to check them (only its amplification limit stops a billion
     # laughs). The check after parsing is a second line of defence.

@@ -62,7 +62,8 @@ def lease_hook(ctx: click.Context, action: str, mac: str | None, ip: str | None,
                network: str | None) -> None:
     """Record DHCP leases from dnsmasq (its --dhcp-script).
 
-    dnsmasq calls its script with ACTION MAC IP [HOSTNAME]: `add` and `old` record the lease,
+    dnsmasq calls its script with ACTION MAC IP [HOSTNAME]: `add` and `old` record the lease
+    (`old` without HOSTNAME keeps the hostname recorded; `add` without one records none),
     `del` removes it, and `init` prints the recorded leases in dnsmasq's lease-file format.
     Point --dhcp-script at a wrapper such as `exec pvc network lease hook "$@"`, and start
     dnsmasq with --leasefile-ro. DHCPv6 events and TFTP/ARP events are ignored.
@@ -89,6 +90,7 @@ def lease_hook(ctx: click.Context, action: str, mac: str | None, ip: str | None,
             expiry = dhcp_leases.lease_expiry(os.environ.get("DNSMASQ_LEASE_EXPIRES"),
                                               os.environ.get("DNSMASQ_LEASE_LENGTH"), time.time())
             dhcp_leases.record_lease(core, vni, mac, ip, hostname or None, expiry,  # type: ignore[arg-type]
-                                     os.environ.get("DNSMASQ_CLIENT_ID") or None)
+                                     os.environ.get("DNSMASQ_CLIENT_ID") or None,
+                                     keep_hostname=action == "old")  # a renewal names the host only if known
     except PvcError as e:
         raise CommandFailed(e) from None

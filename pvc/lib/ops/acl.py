@@ -34,6 +34,8 @@ _BAD_CATEGORIES = ("Cc", "Cf", "Cs", "Zl", "Zp")
 
 NETWORK_ARG = Param("VNI or description of the network.", positional=True, complete="network")
 DIRECTION_HELP = "Direction of the rule: in or out."
+#: The original's `--in` / `--out` (its §5.2), the same as `--direction in|out`.
+DIRECTION_FLAGS = (("--in", "in"), ("--out", "out"))
 
 
 def _direction(direction: str | None) -> str:
@@ -129,7 +131,7 @@ def _renumber(vni: str, direction: str, rules: list[tuple[str, dict[str, Entry |
                "network": NETWORK_ARG,
                "limit": Param("Show only rules whose description matches this fuzzy regex.", positional=True),
                "direction": Param("Show only the rules of this direction: in or out.", kind="choice",
-                                  choices=DIRECTIONS),
+                                  choices=DIRECTIONS, cli_flags=DIRECTION_FLAGS),
            })
 def list_acls(core: Cluster, network: str, limit: str | None = None, direction: str | None = None
               ) -> list[dict[str, Any]]:
@@ -153,7 +155,7 @@ def list_acls(core: Cluster, network: str, limit: str | None = None, direction: 
                "network": NETWORK_ARG,
                "acl": Param("Description of the rule (exact).", positional=True),
                "direction": Param("Show only the rule of this direction: in or out.", kind="choice",
-                                  choices=DIRECTIONS),
+                                  choices=DIRECTIONS, cli_flags=DIRECTION_FLAGS),
            })
 def get_acl(core: Cluster, network: str, acl: str, direction: str | None = None) -> list[dict[str, Any]]:
     """Show one firewall rule of a network (exact description).
@@ -191,7 +193,7 @@ def _direction_key(core: Cluster, vni: str, direction: str, network: str) -> tup
            params={
                "network": NETWORK_ARG,
                "description": Param("Description of the rule, unique within its direction.", short="-d"),
-               "direction": Param(DIRECTION_HELP, kind="choice", choices=DIRECTIONS),
+               "direction": Param(DIRECTION_HELP, kind="choice", choices=DIRECTIONS, cli_flags=DIRECTION_FLAGS),
                "rule": Param("The nft rule, one line (for example 'tcp dport 22 accept').", short="-r"),
                "order": Param("Position of the rule, 0 first (default: last).", kind="int", short="-o"),
            })
@@ -233,7 +235,7 @@ def add_acl(core: Cluster, network: str, description: str, direction: str, rule:
            params={
                "network": NETWORK_ARG,
                "acl": Param("Description of the rule.", positional=True),
-               "direction": Param(DIRECTION_HELP, kind="choice", choices=DIRECTIONS),
+               "direction": Param(DIRECTION_HELP, kind="choice", choices=DIRECTIONS, cli_flags=DIRECTION_FLAGS),
            })
 def remove_acl(core: Cluster, network: str, acl: str, direction: str) -> str:
     """Remove a firewall rule (ACL) from a network.

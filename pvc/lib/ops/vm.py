@@ -7,6 +7,7 @@ node; the agent of the VM's node carries it out (start, stop, live migration).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -24,6 +25,11 @@ from pvc.lib.vm_xml import DomainXml, ParsedCache, canonical_uuid, read
 STATE_REQUESTS = ("start", "shutdown", "stop", "restart")
 STATES = ("start", "restart", "shutdown", "stop", "migrate", "failed")
 NODE_ACTIONS = ("migrate", "unmigrate")
+#: States in which the VM is changing on its node: moving it then could leave it running where
+#: the tree no longer says it is.
+BUSY_STATES = ("migrate", "restart", "shutdown")
+#: The UUID spellings libvirt reads in <uuid> (no braces, no urn: prefix).
+LIBVIRT_UUID = re.compile(r"[0-9a-fA-F]{8}(-?[0-9a-fA-F]{4}){3}-?[0-9a-fA-F]{12}")
 #: How many times a write that lost a race is re-read and tried again.
 ATTEMPTS = 10
 
@@ -334,9 +340,10 @@ def _checked_document(xml: str) -> DomainXml:
     doc = read(xml)
     if doc.uuid is None:
         raise InvalidArgument("Invalid VM XML: it has no <uuid>; pvc keys VMs by UUID.")
-    uuid = canonical_uuid(doc.uuid)
+    uuid = canonical_uuid(doc.uuid) if LIBVIRT_UUID.fullmatch(doc.uuid) else None
     if uuid is None:
-        raise InvalidArgument(f"Invalid VM XML: <uuid> {quote(doc.uuid)} is not a valid UUID.")
+        raise InvalidArgument(f"Invalid VM XML: <uuid> {quote(doc.uuid)} is not a valid UUID (32 hexadecimal "
+                              "digits, optionally with dashes as in 11111111-2222-3333-4444-555555555555).")
     if doc.name is None:
         raise InvalidArgument("Invalid VM XML: it has no <name>.")
     schema.validate_name("VM", doc.name)
@@ -433,7 +440,7 @@ def modify_vm(core: Cluster, vm: str, xml: str, restart: bool = False) -> str:
                 raise AlreadyExists(f"A VM named {quote(doc.name)} already exists (UUID {names[doc.name]}).")
             ops += [Set(schema.DOMAINS, root.value, root.version), Set(schema.domain(current.uuid), doc.name)]
         ops += [_put(current, "xml", xml), _put(current, "rbdlist", ",".join(doc.rbd_volumes))]
-        core.store.commit(ops)
+        _commit(core, ops, vm)
         renamed = f" (renamed from {quote(current.name)})" if doc.name != current.name else ""
         if restarting:
             return f"Modified VM {quote(doc.name)}{renamed}; restarting it."
@@ -442,6 +449,14 @@ def modify_vm(core: Cluster, vm: str, xml: str, restart: bool = False) -> str:
         return f"Modified VM {quote(doc.name)}{renamed}.{later if current.state != 'stop' or restart else ''}"
 
     return _retrying(f"VM {quote(vm)}", attempt)
+
+
+def _commit(core: Cluster, ops: list[Any], vm: str) -> None:
+    """Write a VM's keys; a VM undefined since it was read is "not found", not a missing key."""
+    try:
+        core.store.commit(ops)
+    except NotFound:
+        raise NotFound(f"VM {quote(vm)} not found (it was undefined meanwhile); nothing was changed.") from None
 
 
 def _guard(vm: Vm) -> list[Check]:
@@ -474,18 +489,25 @@ def undefine_vm(core: Cluster, vm: str, delete_disks: bool = False) -> str:
 
     The VM's keys go in one transaction; its node's agent sees them go and stops the domain.
     """
-    found = find_vm(core, vm, ("state",))
+    found = find_vm(core, vm, ())
     if delete_disks:
         raise InvalidState(f"Cannot remove the disks of VM {quote(found.name)}: the storage commands are not "
                            "available in this version of pvc. Nothing was removed; undefine the VM without "
                            "delete_disks to keep its disks.")
-    keys = core.store.subtree(schema.domain(found.uuid))
-    try:
-        core.store.commit(_guard(found) + [Delete(k) for k in reversed(keys)])
-    except (Conflict, NotFound):
-        raise Conflict(f"VM {quote(found.name)} changed while it was being undefined; nothing was changed, "
-                       "try again.") from None
-    return f"Undefined VM {quote(found.name)} ({found.uuid})."
+
+    def attempt() -> str:
+        try:
+            # No check of the state: whatever it was asked meanwhile, the VM goes. A key added or
+            # removed meanwhile fails the transaction; it is then read again.
+            keys = core.store.subtree(schema.domain(found.uuid))
+            core.store.commit([Delete(k) for k in reversed(keys)])
+        except NotFound:
+            if not core.store.exists(schema.domain(found.uuid)):
+                raise NotFound(f"VM {quote(vm)} not found (it was undefined meanwhile).") from None
+            raise Conflict("a key of the VM was removed meanwhile") from None
+        return f"Undefined VM {quote(found.name)} ({found.uuid})."
+
+    return _retrying(f"VM {quote(vm)}", attempt)
 
 
 # --- state and node ---------------------------------------------------------------------------
@@ -511,12 +533,12 @@ def set_vm_state(core: Cluster, vm: str, state: str) -> str:
     name, current = quote(found.name), found.state
     if current == state or (state == "shutdown" and current == "stop"):
         return f"VM {name} is already in state {quote(current)}; nothing changed."
-    if current == "migrate":
-        raise InvalidState(f"VM {name} is being migrated; ask again once it has settled.")
+    if current == "migrate" and state != "stop":  # stopping is always possible, even a stuck migration
+        raise InvalidState(f"VM {name} is being migrated; ask again once it has settled (or stop it).")
     if state in ("shutdown", "restart") and current != "start":
         raise InvalidState(f"VM {name} is not running (its state is {quote(current)}); it cannot {state}.")
     try:
-        core.store.commit([_put(found, "state", state)])
+        _commit(core, [_put(found, "state", state)], vm)
     except (Conflict, AlreadyExists):
         raise Conflict(f"VM {name} changed state meanwhile; nothing was changed, try again.") from None
     return {"start": f"Starting VM {name}.", "shutdown": f"Shutting down VM {name}.",
@@ -555,8 +577,8 @@ def set_vm_node(core: Cluster, vm: str, action: str, node: str | None = None, se
     def attempt() -> str:
         found = find_vm(core, vm, ("state", "node", "lastnode"))
         name, state, current, last = quote(found.name), found.state, found.node, found.last_node
-        if state == "migrate":
-            raise InvalidState(f"VM {name} is being migrated already; ask again once it has settled.")
+        if state in BUSY_STATES:
+            raise InvalidState(f"VM {name} is busy (state {quote(state)}); ask again once it has settled.")
         running = state == "start"
         if action == "unmigrate":
             if not last:
@@ -580,7 +602,7 @@ def set_vm_node(core: Cluster, vm: str, action: str, node: str | None = None, se
                 message = f"Migrating VM {name} to node {quote(target)}"
         ops = [_put(found, "node", target), _put(found, "lastnode", lastnode)]
         ops += [_put(found, "state", "migrate")] if running else _guard(found)
-        core.store.commit(ops)
+        _commit(core, ops, vm)
         how = "" if running else f" (it is {state}: re-homed, not started)"
         return f"{message}{note}{how}."
 

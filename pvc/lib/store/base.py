@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping, Sequence, TypeVar
 
-from pvc.lib.errors import AlreadyExists, Conflict, NotFound, Timeout
+from pvc.lib.errors import AlreadyExists, Conflict, InvalidArgument, NotFound, Timeout
 from pvc.lib.schema import check_path
 
 T = TypeVar("T")
@@ -61,6 +61,25 @@ class Check:
 
 
 Op = Create | Set | Delete | Check
+
+#: Largest commit, paths and values together. ZooKeeper refuses a request over its jute.maxbuffer
+#: (1 MiB by default) by dropping the session; both engines refuse the same commits up front.
+MAX_COMMIT_BYTES = 1_000_000
+#: Bytes counted per operation besides its path and value (ZooKeeper's framing, roughly).
+_OP_OVERHEAD = 32
+
+
+def check_ops(ops: Sequence[Op]) -> None:
+    """Check the paths of a commit and that it is not too large for the store."""
+    size = 0
+    for op in ops:
+        check_path(op.path)
+        size += len(op.path.encode("utf-8")) + _OP_OVERHEAD
+        if isinstance(op, (Create, Set)):
+            size += len(op.value.encode("utf-8"))
+    if size > MAX_COMMIT_BYTES:
+        raise InvalidArgument(f"The change is too large to store: {size} bytes in one write, where the limit is "
+                              f"{MAX_COMMIT_BYTES}.")
 
 
 class WatchHandle:

@@ -19,7 +19,7 @@ from typing import Callable, Iterable, Sequence
 
 from pvc.lib.errors import AlreadyExists, Conflict, NotFound, Unavailable
 from pvc.lib.schema import check_path, parent
-from pvc.lib.store.base import Check, Create, Delete, Entry, Op, Set, Store, WatchHandle
+from pvc.lib.store.base import Check, Create, Delete, Entry, Op, Set, Store, WatchHandle, check_ops
 
 log = logging.getLogger("pvc.store")
 
@@ -159,8 +159,7 @@ class EmbeddedStore(Store):
 
     # -- writes -------------------------------------------------------------------------------
     def commit(self, ops: Sequence[Op]) -> None:
-        for op in ops:
-            check_path(op.path)
+        check_ops(ops)
 
         def apply(conn: sqlite3.Connection) -> None:
             conn.execute("BEGIN IMMEDIATE")

@@ -31,7 +31,7 @@ from kazoo.retry import KazooRetry, RetryFailedError
 from pvc.lib.errors import AlreadyExists, Conflict, NotFound, PvcError, Unavailable
 from pvc.lib.schema import check_path
 from pvc.lib.store import zk_multiread
-from pvc.lib.store.base import Check, Create, Delete, Entry, Op, Set, Store, WatchHandle
+from pvc.lib.store.base import Check, Create, Delete, Entry, Op, Set, Store, WatchHandle, check_ops
 
 log = logging.getLogger("pvc.store")
 
@@ -179,8 +179,7 @@ class ZooKeeperStore(Store):
 
     # -- writes -------------------------------------------------------------------------------
     def commit(self, ops: Sequence[Op]) -> None:
-        for op in ops:
-            check_path(op.path)
+        check_ops(ops)
 
         def apply() -> None:
             txn = self.client.transaction()

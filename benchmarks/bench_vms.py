@@ -281,6 +281,7 @@ def measure_cli(setup: Setup, runs: int, env: dict[str, str]) -> None:
 def profile(setup: Setup, top: int) -> list[str]:
     """Where one list spends its time, in this process: the phases of list_vms, then one
     GET /api/v1/vm through the WSGI app (tests/wsgi.py's client) under cProfile."""
+    from pvc.lib import vm_records
     from pvc.lib.ops import vm as vm_ops
     from pvc.lib.vm_xml import ParsedCache, read
     from pvc.server.app import create_app
@@ -288,7 +289,7 @@ def profile(setup: Setup, top: int) -> list[str]:
     from tests.wsgi import Client
 
     out = [f"\n### Profile: {setup.label}\n"]
-    vm_ops.PARSED = ParsedCache()  # nothing parsed yet, as in a new server
+    vm_records.PARSED = ParsedCache()  # nothing parsed yet, as in a new server
     with Cluster(setup.settings) as core:
         core.store.get_many([schema.DOMAINS])  # connect before timing
 
@@ -307,14 +308,14 @@ def profile(setup: Setup, top: int) -> list[str]:
 
         _, cold_ms, cold_trips = timed(lambda: vm_ops.list_vms(core), 1)
         _, warm_ms, warm_trips = timed(lambda: vm_ops.list_vms(core))
-        uuids, uuids_ms, uuids_trips = timed(lambda: vm_ops.vm_uuids(core))
-        full, full_ms, full_trips = timed(lambda: vm_ops.read_vms(core, uuids, vm_ops.OBJECT_FIELDS))
+        uuids, uuids_ms, uuids_trips = timed(lambda: vm_records.vm_uuids(core))
+        full, full_ms, full_trips = timed(lambda: vm_records.read_vms(core, uuids, vm_records.OBJECT_FIELDS))
         paths, paths_ms, _ = timed(lambda: [schema.domain(u) for u in uuids]
-                                   + [schema.domain_key(u, f) for u in uuids for f in vm_ops.OBJECT_FIELDS])
+                                   + [schema.domain_key(u, f) for u in uuids for f in vm_records.OBJECT_FIELDS])
         _, check_ms, _ = timed(lambda: [schema.check_path(p) for p in paths])
-        _, names_ms, names_trips = timed(lambda: vm_ops.read_vms(core, uuids, ()))
+        _, names_ms, names_trips = timed(lambda: vm_records.read_vms(core, uuids, ()))
         _, parse_ms, _ = timed(lambda: [read(v.value("xml")) for v in full])
-        objects, objects_ms, _ = timed(lambda: [vm_ops.vm_object(v) for v in sorted(full, key=lambda v: (v.name, v.uuid))])
+        objects, objects_ms, _ = timed(lambda: [vm_records.vm_object(v) for v in sorted(full, key=lambda v: (v.name, v.uuid))])
         body, json_ms, _ = timed(lambda: dumps(objects))
         out += [
             f"Each part called on its own; median ms of {repeat} calls (the first list: one call).\n",

@@ -27,7 +27,7 @@ from tests.test_ops_node import changed_keys, snapshot
 MAC1, MAC2 = "52:54:00:00:00:01", "52:54:00:00:00:02"
 #: dnsmasq's variables, all unset unless a test sets them (the test process's own never leak in).
 DNSMASQ_ENV = ("DNSMASQ_INTERFACE", "DNSMASQ_BRIDGE_INTERFACE", "DNSMASQ_LEASE_EXPIRES", "DNSMASQ_LEASE_LENGTH",
-               "DNSMASQ_CLIENT_ID")
+               "DNSMASQ_CLIENT_ID", "DNSMASQ_OLD_HOSTNAME", "DNSMASQ_DATA_MISSING")
 
 
 @pytest.fixture
@@ -169,38 +169,73 @@ def test_hook_add_old_del_init(net: Cluster) -> None:
     assert hook(net, "init", "--network", "other").stdout == ""
 
 
-def test_hook_old_without_hostname_keeps_it_add_without_stores_none(net: Cluster) -> None:
-    """dnsmasq sends `old` for a renewal with the hostname only when it knows one: the recorded
-    hostname stays. `add` without a hostname records none, even over an earlier lease's."""
-    env = {"DNSMASQ_INTERFACE": "vmbr100", "DNSMASQ_LEASE_EXPIRES": "1700000000"}
+def test_hook_old_without_hostname_clears_it(net: Cluster) -> None:
+    """dnsmasq 2.90's man page: "If a lease used to have a hostname, which is removed, an 'old'
+    event is generated with all the usual parameters but no hostname, and the former name is
+    provided in DNSMASQ_OLD_HOSTNAME": the name is gone, from the tree, the list and `init`."""
+    env = {"DNSMASQ_INTERFACE": "vmbr100", "DNSMASQ_LEASE_EXPIRES": "1700000000", "DNSMASQ_CLIENT_ID": "01:aa"}
     assert hook(net, "add", MAC1, "10.1.0.150", "web1", **env).exit_code == 0
+    assert list_leases(net, "lan")[0]["hostname"] == "web1"
     path = schema.lease("100", MAC1)
     before = snapshot(net)
-    result = hook(net, "old", MAC1, "10.1.0.150", **{**env, "DNSMASQ_LEASE_EXPIRES": "1700086400"})
+    result = hook(net, "old", MAC1, "10.1.0.150", **env, DNSMASQ_OLD_HOSTNAME="web1")
     assert (result.exit_code, result.output) == (0, "")
-    assert changed_keys(before, snapshot(net)) == {f"{path}/expiry"}
-    assert lease(net, "100", MAC1)["hostname"] == "web1"
-    assert list_leases(net, "lan")[0]["hostname"] == "web1"
-    assert hook(net, "old", MAC1, "10.1.0.150", "web1-new", **env).exit_code == 0  # a new name is taken
+    assert changed_keys(before, snapshot(net)) == {f"{path}/hostname"}
+    assert lease(net, "100", MAC1)["hostname"] == ""
+    assert list_leases(net, "lan")[0]["hostname"] is None
+    assert hook(net, "init", DNSMASQ_INTERFACE="vmbr100").stdout == f"1700000000 {MAC1} 10.1.0.150 * 01:aa\n"
+    # a renewal passes the name whenever the lease has one: a new one is taken
+    assert hook(net, "old", MAC1, "10.1.0.150", "web1-new", **env).exit_code == 0
     assert lease(net, "100", MAC1)["hostname"] == "web1-new"
     assert hook(net, "add", MAC1, "10.1.0.150", **env).exit_code == 0  # a new lease without a name: none
     assert lease(net, "100", MAC1)["hostname"] == ""
-    assert list_leases(net, "lan")[0]["hostname"] is None
-    # `old` for a lease not recorded yet (dnsmasq re-reading its leases) records it without a name
-    assert hook(net, "old", MAC2, "10.1.0.151", **env).exit_code == 0
-    assert lease(net, "100", MAC2) == {"": "", "expiry": "1700000000", "ipaddr": "10.1.0.151", "hostname": "",
-                                       "clientid": ""}
+    # `old` for a lease not recorded yet records it as given
+    assert hook(net, "old", MAC2, "10.1.0.151", DNSMASQ_INTERFACE="vmbr100").exit_code == 0
+    assert lease(net, "100", MAC2) == {"": "", "expiry": "0", "ipaddr": "10.1.0.151", "hostname": "", "clientid": ""}
 
 
-def test_record_keep_hostname(net: Cluster) -> None:
-    record_lease(net, "100", MAC1, "10.1.0.150", "web1", 1700000000)
+def test_hook_old_at_start_up_keeps_the_client_id(net: Cluster) -> None:
+    """The `old` events of dnsmasq's start-up (DNSMASQ_DATA_MISSING=1, after `init`) may lack
+    what the lease file did not hold: without DNSMASQ_CLIENT_ID the recorded client ID stays.
+    Without DNSMASQ_DATA_MISSING, an event without a client ID records none."""
+    env = {"DNSMASQ_INTERFACE": "vmbr100", "DNSMASQ_LEASE_EXPIRES": "1700000000"}
+    assert hook(net, "add", MAC1, "10.1.0.150", "web1", **env, DNSMASQ_CLIENT_ID="01:aa").exit_code == 0
+    path = schema.lease("100", MAC1)
     before = snapshot(net)
-    assert record_lease(net, "100", MAC1, "10.1.0.150", None, 1700000000, keep_hostname=True).endswith("unchanged.")
+    result = hook(net, "old", MAC1, "10.1.0.150", "web1", **{**env, "DNSMASQ_LEASE_EXPIRES": "1700000500"},
+                  DNSMASQ_DATA_MISSING="1")
+    assert (result.exit_code, result.output) == (0, "")
+    assert changed_keys(before, snapshot(net)) == {f"{path}/expiry"}
+    assert lease(net, "100", MAC1) == {"": "", "expiry": "1700000500", "ipaddr": "10.1.0.150", "hostname": "web1",
+                                       "clientid": "01:aa"}
+    assert hook(net, "init", DNSMASQ_INTERFACE="vmbr100").stdout == f"1700000500 {MAC1} 10.1.0.150 web1 01:aa\n"
+    # a client ID given at start-up is taken
+    assert hook(net, "old", MAC1, "10.1.0.150", "web1", **env, DNSMASQ_DATA_MISSING="1",
+                DNSMASQ_CLIENT_ID="01:bb").exit_code == 0
+    assert lease(net, "100", MAC1)["clientid"] == "01:bb"
+    # a renewal (no DNSMASQ_DATA_MISSING) without one: none
+    assert hook(net, "old", MAC1, "10.1.0.150", "web1", **env).exit_code == 0
+    assert lease(net, "100", MAC1)["clientid"] == ""
+    # DNSMASQ_DATA_MISSING does not make `add` keep anything
+    assert hook(net, "old", MAC1, "10.1.0.150", "web1", **env, DNSMASQ_CLIENT_ID="01:cc").exit_code == 0
+    assert hook(net, "add", MAC1, "10.1.0.150", "web1", **env, DNSMASQ_DATA_MISSING="1").exit_code == 0
+    assert lease(net, "100", MAC1)["clientid"] == ""
+
+
+def test_record_keep_clientid(net: Cluster) -> None:
+    record_lease(net, "100", MAC1, "10.1.0.150", "web1", 1700000000, "01:aa")
+    before = snapshot(net)
+    assert record_lease(net, "100", MAC1, "10.1.0.150", "web1", 1700000000, keep_clientid=True).endswith("unchanged.")
     assert snapshot(net) == before
-    record_lease(net, "100", MAC1, "10.1.0.151", None, 1700000001, keep_hostname=True)
-    assert lease(net, "100", MAC1)["hostname"] == "web1" and lease(net, "100", MAC1)["ipaddr"] == "10.1.0.151"
+    record_lease(net, "100", MAC1, "10.1.0.151", None, 1700000001, keep_clientid=True)
+    assert lease(net, "100", MAC1) == {"": "", "expiry": "1700000001", "ipaddr": "10.1.0.151", "hostname": "",
+                                       "clientid": "01:aa"}
+    record_lease(net, "100", MAC1, "10.1.0.151", None, 1700000001, "01:bb", keep_clientid=True)
+    assert lease(net, "100", MAC1)["clientid"] == "01:bb"
     record_lease(net, "100", MAC1, "10.1.0.151", None, 1700000001)
-    assert lease(net, "100", MAC1)["hostname"] == ""
+    assert lease(net, "100", MAC1)["clientid"] == ""
+    record_lease(net, "100", MAC2, "10.1.0.152", None, 5, keep_clientid=True)  # nothing recorded yet: empty
+    assert lease(net, "100", MAC2)["clientid"] == ""
 
 
 def test_hook_lease_length_and_network_option(net: Cluster) -> None:

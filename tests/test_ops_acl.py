@@ -670,3 +670,17 @@ def test_cli_without_direction(cli: Callable[..., Any], core: Cluster, net: str)
         assert "--direction" in r.stderr and "--in/--out" in r.stderr, r.stderr
         assert r.stdout == ""
         assert snapshot(core) == before
+
+
+@pytest.mark.parametrize("args", [["--in", "--out"], ["--out", "--in"], ["--in", "--direction", "out"],
+                                  ["--direction", "in", "--out"]])
+def test_cli_contradicting_directions_are_refused(cli: Callable[..., Any], core: Cluster, net: str,
+                                                  args: list[str]) -> None:
+    """Two directions on one command line are a usage error (exit 2), not "the last one wins"."""
+    add_acl(core, net, "ssh", "in", "tcp dport 22 accept")
+    before = snapshot(core)
+    for command in (["add", net, "-d", "web", "-r", "accept"], ["remove", net, "ssh", "--yes"], ["list", net]):
+        r = cli("network", "acl", *command, *args)
+        assert r.exit_code == 2, (command, args, r.output)
+        assert "contradict" in r.stderr, r.stderr
+        assert snapshot(core) == before

@@ -197,9 +197,9 @@ def test_add_bridged_ignores_ip_and_dhcp_values(core: Cluster, client: Client, c
 
 
 @pytest.mark.parametrize("gateway, note", [
-    ("fd00:2::1", "ip6_gateway 'fd00:2::1' is not an address in fd00:1::/64; using fd00:1::1"),
-    ("junk", "ip6_gateway 'junk' is not an address in fd00:1::/64; using fd00:1::1"),
-    ("10.1.0.1", "ip6_gateway '10.1.0.1' is not an address in fd00:1::/64; using fd00:1::1"),
+    ("fd00:2::1", "ip6_gateway 'fd00:2::1' is not inside fd00:1::/64; using fd00:1::1"),
+    ("junk", "ip6_gateway 'junk' is not an IPv6 address; using fd00:1::1"),
+    ("10.1.0.1", "ip6_gateway '10.1.0.1' is not an IPv6 address; using fd00:1::1"),
     ("fd00:1::", "ip6_gateway 'fd00:1::' is the network address of fd00:1::/64; using fd00:1::1"),
 ])
 def test_add_invalid_ip6_gateway_falls_back_to_the_default(core: Cluster, client: Client, cli: Callable[..., Any],
@@ -220,23 +220,53 @@ def test_add_invalid_ip6_gateway_falls_back_to_the_default(core: Cluster, client
                                                                                         "True")
 
 
-def test_modify_invalid_ip6_gateway_falls_back_to_the_default(core: Cluster, client: Client,
-                                                              cli: Callable[..., Any]) -> None:
+@pytest.mark.parametrize("changes, fragments", [
+    ({"ip6_gateway": "fd00:9::1"}, ["'fd00:9::1'", "not inside the network fd00:1::/64"]),
+    ({"ip6_gateway": "junk"}, ["'junk'", "not an IPv6 address"]),
+    ({"ip6_gateway": "10.1.0.1"}, ["'10.1.0.1'", "not an IPv6 address"]),
+    ({"ip6_gateway": "fd00:1::"}, ["'fd00:1::'", "network address of fd00:1::/64"]),
+    ({"ip6_network": "fd00:2::/64", "ip6_gateway": "bad"}, ["'bad'", "not an IPv6 address"]),
+    ({"ip6_network": "fd00:2::/64", "ip6_gateway": "fd00:1::fe"}, ["'fd00:1::fe'", "fd00:2::/64"]),
+    ({"domain": "x.example", "ip6_gateway": "fd00:1::zz"}, ["'fd00:1::zz'"]),
+])
+def test_modify_invalid_ip6_gateway_is_refused(core: Cluster, client: Client, cli: Callable[..., Any],
+                                               changes: dict[str, str], fragments: list[str]) -> None:
+    """The manual's default for an invalid ip6_gateway is add's: on modify it would replace a
+    custom gateway with ::1 because of a typo, so the modify is refused, naming the value, and
+    nothing changes."""
     add_network(core, 10, "v6", "managed", ip6_network="fd00:1::/64", ip6_gateway="fd00:1::fe")
-    assert modify_network(core, "v6", ip6_gateway="fd00:9::1") == \
-        "Network 'v6' (VNI 10) modified; ip6_gateway 'fd00:9::1' is not an address in fd00:1::/64; using fd00:1::1."
-    assert stored(core, "10")["ip6_gateway"] == "fd00:1::1"
-    modify_network(core, "v6", ip6_gateway="fd00:1::fe")
-    r = client.request("PUT", f"{API}/network/v6", data={"ip6_network": "fd00:2::/64", "ip6_gateway": "bad"})
-    assert (r.status, r.json()) == (200, {"message": "Network 'v6' (VNI 10) modified; ip6_gateway 'bad' is not an "
-                                                     "address in fd00:2::/64; using fd00:2::1."})
-    assert (stored(core, "10")["ip6_network"], stored(core, "10")["ip6_gateway"]) == ("fd00:2::/64", "fd00:2::1")
-    before = snapshot(core)  # the default already: nothing to write, but still said
-    result = cli("network", "modify", "v6", "--gateway6", "fd00:2::")
-    assert (result.exit_code, result.stdout) == (
-        0, "Network 'v6' (VNI 10) already has these values; nothing changed; ip6_gateway 'fd00:2::' is the network "
-           "address of fd00:2::/64; using fd00:2::1.\n"), result.output
+    before = snapshot(core)
+    with pytest.raises(InvalidArgument) as caught:
+        modify_network(core, "v6", **changes)
+    assert caught.value.message.startswith("Invalid 'ip6_gateway' "), caught.value.message
+    assert all(f in caught.value.message for f in fragments), caught.value.message
     assert snapshot(core) == before
+    assert_failed(client.request("PUT", f"{API}/network/v6", data=changes), 510, *fragments)
+    assert snapshot(core) == before
+    args = [f"{OPTIONS[k]}={v}" for k, v in changes.items()]
+    assert_cli_failed(cli("network", "modify", "v6", *args), 2, *fragments)
+    assert snapshot(core) == before
+    assert stored(core, "10")["ip6_gateway"] == "fd00:1::fe"
+
+
+def test_modify_ip6_gateway_default_only_when_missing(core: Cluster, client: Client, cli: Callable[..., Any]) -> None:
+    """A new ip6_network without a gateway, or an empty ip6_gateway, gets the ::1 default; a
+    valid gateway given on modify is taken."""
+    add_network(core, 10, "v6", "managed", ip6_network="fd00:1::/64", ip6_gateway="fd00:1::fe")
+    assert modify_network(core, "v6", ip6_gateway="fd00:1::fd") == "Network 'v6' (VNI 10) modified."
+    assert stored(core, "10")["ip6_gateway"] == "fd00:1::fd"
+    r = client.request("PUT", f"{API}/network/v6", data={"ip6_network": "fd00:2::/64"})
+    assert (r.status, r.json()) == (200, {"message": "Network 'v6' (VNI 10) modified."})
+    assert (stored(core, "10")["ip6_network"], stored(core, "10")["ip6_gateway"]) == ("fd00:2::/64", "fd00:2::1")
+    result = cli("network", "modify", "v6", "--gateway6", "fd00:2::fe")
+    assert (result.exit_code, result.stdout) == (0, "Network 'v6' (VNI 10) modified.\n"), result.output
+    assert stored(core, "10")["ip6_gateway"] == "fd00:2::fe"
+    result = cli("network", "modify", "v6", "--gateway6=")  # empty: not given, so the default
+    assert (result.exit_code, result.stdout) == (0, "Network 'v6' (VNI 10) modified.\n"), result.output
+    assert stored(core, "10")["ip6_gateway"] == "fd00:2::1"
+    r = client.request("PUT", f"{API}/network/v6", data={"ip6_network": "fd00:3::/64", "ip6_gateway": "fd00:3::7"})
+    assert r.status == 200, r.text
+    assert (stored(core, "10")["ip6_network"], stored(core, "10")["ip6_gateway"]) == ("fd00:3::/64", "fd00:3::7")
 
 
 #: (values changed from VALID, fragments the message must contain)
@@ -680,6 +710,9 @@ def test_modify_refuses_to_strand_reservations(reserved: Cluster, client: Client
         modify_network(reserved, "net1", **changes)
     message = caught.value.message
     assert message.startswith("Network 'net1' (VNI 100): ") and "would strand" in message, message
+    plural = "s" if len(named) > 1 else ""  # reservations cannot be changed: what can be done is named
+    assert f" the static DHCP reservation{plural} of MAC{plural} '" in message, message
+    assert message.endswith(f"; remove the reservation{plural} first."), message
     for mac, ip, why in named:
         assert re.search(f"'{mac}' \\({re.escape(ip)}: [^)]*{why}", message), message
     for mac in spared:
@@ -800,3 +833,108 @@ def test_cli_remove_asks_first(net1: Cluster, cli: Callable[..., Any]) -> None:
     result = cli("network", "remove", "taken", "--yes")
     assert result.exit_code == 0 and result.stdout == "Network 'taken' (VNI 200) removed.\n"
     assert list_networks(net1) == []
+
+
+# --- remove: networks too large for one commit ----------------------------------------------------
+
+#: Dynamic leases of the large network: their deletes alone are about twice what one commit takes.
+MANY_LEASES = 4000
+
+
+def fill_leases(core: Cluster, vni: str, count: int, batch: int = 400) -> list[str]:
+    """``count`` dynamic leases as the DHCP hook records them, written in commits of ``batch``;
+    returns the keys written, parents before children."""
+    written = []
+    for first in range(0, count, batch):
+        ops: list[Any] = []
+        for i in range(first, min(count, first + batch)):
+            mac = f"52:54:00:{i >> 16 & 255:02x}:{i >> 8 & 255:02x}:{i & 255:02x}"
+            values = {"expiry": "1700000000", "ipaddr": f"10.1.{(i >> 8) + 1}.{i & 255}", "hostname": f"host-{i}",
+                      "clientid": f"01:{mac}"}
+            ops.append(Create(schema.lease(vni, mac), ""))
+            ops += [Create(schema.lease_key(vni, mac, f), values[f]) for f in schema.LEASE_FIELDS]
+        core.store.commit(ops)
+        written += [op.path for op in ops]
+    return written
+
+
+@pytest.fixture
+def large(core: Cluster) -> tuple[Cluster, dict[str, tuple[str, int]]]:
+    """'big' (VNI 100, 10.1.0.0/16) with MANY_LEASES dynamic leases, two reservations and an ACL,
+    too large to delete in one commit; 'small' (VNI 200), which must stay. With the snapshot of
+    the tree taken before the leases of 'big' were written (reading all of them takes a while)."""
+    from pvc.lib.ops.lease import add_lease
+    from pvc.lib.store.base import Delete
+
+    add_network(core, 100, "big", "managed", ip4_network="10.1.0.0/16", ip4_gateway="10.1.0.1")
+    add_network(core, 200, "small", "managed", ip4_network="10.2.0.0/24", ip4_gateway="10.2.0.1")
+    fill_leases(core, "200", 3)
+    add_lease(core, "big", MAC1, "10.1.0.10", "fixed1")
+    add_lease(core, "big", MAC2, "10.1.0.11")
+    core.store.commit([Create(schema.acl("100", "in", "ssh"), ""),
+                       Create(schema.acl_key("100", "in", "ssh", "order"), "1"),
+                       Create(schema.acl_key("100", "in", "ssh", "rule"), "tcp dport 22 accept")])
+    base = snapshot(core)
+    leases = fill_leases(core, "100", MANY_LEASES)
+    with pytest.raises(InvalidArgument, match="too large to store"):  # the one commit it used to try
+        core.store.commit([Delete(k) for k in reversed(leases)])
+    return core, base
+
+
+def inside(vni: str, key: str) -> bool:
+    return key == schema.network(vni) or key.startswith(schema.network(vni) + "/")
+
+
+@pytest.mark.parametrize("frontend", ["library", "http", "cli"])
+def test_remove_a_network_with_thousands_of_leases(large: tuple[Cluster, dict[str, tuple[str, int]]],
+                                                   client: Client, cli: Callable[..., Any], frontend: str) -> None:
+    core, base = large
+    if frontend == "library":
+        assert remove_network(core, "big") == "Network 'big' (VNI 100) removed."
+    elif frontend == "http":
+        r = client.request("DELETE", f"{API}/network/big")
+        assert (r.status, r.json()) == (200, {"message": "Network 'big' (VNI 100) removed."})
+    else:
+        result = cli("network", "remove", "100", "--yes")
+        assert (result.exit_code, result.stdout) == (0, "Network 'big' (VNI 100) removed.\n"), result.output
+    # nothing of it remains, and nothing else changed
+    assert snapshot(core) == {k: v for k, v in base.items() if not inside("100", k)}
+    assert [n["vni"] for n in list_networks(core)] == [200]
+    assert len(core.store.children(schema.network_key("200", "dhcp4_leases"))) == 3
+    assert_failed(client.request("DELETE", f"{API}/network/big"), 510, "'big'")
+
+
+def test_remove_a_large_network_refused_changes_nothing(large: tuple[Cluster, dict[str, tuple[str, int]]],
+                                                        add_node: Callable[..., str], client: Client,
+                                                        cli: Callable[..., Any]) -> None:
+    """The checks that can refuse the removal come before any batch of deletes."""
+    from pvc.lib.ops.vm import define_vm
+
+    core, _ = large
+    add_node("hv1")
+    define_vm(core, vm_xml("web1", "vmbr100"))
+    before = snapshot(core)
+    with pytest.raises(InvalidState, match="'web1'"):
+        remove_network(core, "big")
+    assert_failed(client.request("DELETE", f"{API}/network/big"), 510, "'web1'", "vmbr100")
+    assert_cli_failed(cli("network", "remove", "big", "--yes"), 4, "'web1'")
+    assert snapshot(core) == before  # deletes are never undone: one look at the end sees any of them
+    assert len(core.store.children(schema.network_key("100", "dhcp4_leases"))) == MANY_LEASES
+
+
+def test_remove_finishes_a_removal_interrupted_after_the_leases(large: tuple[Cluster, dict[str, tuple[str, int]]]
+                                                                ) -> None:
+    """An interrupted removal leaves the network without (some of) its leases; it is still a
+    whole network, and removing it again finishes the job."""
+    from pvc.lib.ops.lease import list_leases
+    from pvc.lib.store.base import delete_batches
+
+    core, base = large
+    leases = core.store.subtree(schema.network_key("100", "dhcp4_leases"))[1:]
+    core.store.commit(delete_batches(leases)[0])  # the removal's first commit, then it stopped
+    left = core.store.children(schema.network_key("100", "dhcp4_leases"))
+    assert 0 < len(left) < MANY_LEASES
+    assert all(lease["ip4_address"] for lease in list_leases(core, "big")[:-1])  # whole leases (one maybe not)
+    assert get_network(core, "big")[0]["vni"] == 100
+    assert remove_network(core, "big") == "Network 'big' (VNI 100) removed."
+    assert snapshot(core) == {k: v for k, v in base.items() if not inside("100", k)}

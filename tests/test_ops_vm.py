@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import threading
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,21 +22,13 @@ from pvc.lib import schema
 from pvc.lib.config import Settings, load_settings
 from pvc.lib.core import Cluster
 from pvc.lib.errors import AlreadyExists, ConfigError, InvalidArgument, NotFound, PvcError, quote
-from pvc.lib.ops.vm import (
-    PARSED,
-    define_vm,
-    get_vm,
-    list_vms,
-    modify_vm,
-    select_node,
-    set_vm_state,
-    undefine_vm,
-    vms_using_bridge,
-)
+from pvc.lib.ops.vm import define_vm, get_vm, list_vms, modify_vm, set_vm_state, undefine_vm
+from pvc.lib.placement import select_node
 from pvc.lib.registry import load_all
+from pvc.lib.store import Set
+from pvc.lib.vm_records import PARSED, vms_using_bridge
 from pvc.server.app import create_app
 from pvc.server.errors import status_for
-from pvc.lib.store import Set
 from pvc.server.routes import PREFIX
 from tests.vm_fixtures import (
     SELECTOR_CHOICE,
@@ -1006,7 +997,7 @@ def test_no_node_action_while_migrating(via: str, nodes: Cluster, client: Client
                                         values: dict[str, Any]) -> None:
     run(via, nodes, client, "vm.set-node", vm="web1", action="migrate", node="hv2")
     refused(via, nodes, client, "vm.set-node", 510, "invalid_state",
-            "VM 'web1' is busy (state 'migrate'); ask again once it has settled.", vm="web1", **values)
+            "VM 'web1' is busy (state 'migrate'); ask again once it has settled (or stop it).", vm="web1", **values)
 
 
 @VIA
@@ -1234,3 +1225,20 @@ def test_a_vm_undefined_during_changes_is_reported_as_not_found(nodes: Cluster) 
     done.set()
     worker.join(60)
     assert errors and all(isinstance(e, NotFound) and "VM 'racing' not found" in e.message for e in errors), errors
+
+
+def test_stored_xml_is_read_whatever_its_size_and_bridges_count_when_unreadable(nodes: Cluster) -> None:
+    """The size limit is for submitted documents: a big one written by other tools is still read,
+    and a VM whose stored XML cannot be parsed still counts as using a bridge its text names."""
+    from pvc.lib.vm_xml import MAX_XML_BYTES
+
+    big = define(nodes, "big", bridges=("vmbr100",))
+    large = vm_xml("big", big, description="x" * (MAX_XML_BYTES + 1000), bridges=("vmbr100",))
+    nodes.store.commit([Set(schema.domain_key(big, "xml"), large)])
+    (vm,) = get_vm(nodes, "big")
+    assert vm["memory"] == 1024 and [n["source"] for n in vm["networks"]] == ["vmbr100"]
+    broken = define(nodes, "broken", bridges=("vmbr200",))
+    nodes.store.commit([Set(schema.domain_key(broken, "xml"), "<domain><devices><source bridge='vmbr200'/>")])
+    assert vms_using_bridge(nodes, "vmbr100") == ["big"]
+    assert vms_using_bridge(nodes, "vmbr200") == ["broken"]
+    assert vms_using_bridge(nodes, "vmbr20") == []  # a name, not a prefix

@@ -49,14 +49,43 @@ class ValueType(click.ParamType):
             core.close()
 
 
+def _flag_dest(p: Param, value: str) -> str:
+    return f"_flag_{p.name}_{value}"
+
+
 def click_params(p: Param) -> list[click.Parameter]:
-    """The Click parameters of a value: its argument or option, and any flags giving a choice."""
-    if not p.cli_flags:
-        return [click_param(p)]
+    """The Click parameters of a value: its argument or option, and any flags giving a choice
+    (those fill a value of their own, merged with the option's in the callback)."""
     main = click_param(p)
-    main.required = False  # --in alone must do; a missing value is reported in the callback
-    return [main] + [click.Option([flag, p.name], flag_value=value, help=f"Same as --{p.name.replace('_', '-')} {value}.")
+    if not p.cli_flags:
+        return [main]
+    if p.required:  # --in alone must do; a missing value is reported in the callback
+        main.required = False
+        flags = "/".join(flag for flag, _ in p.cli_flags)
+        main.help = f"{main.help} Required (or {flags})."
+    option = f"--{p.name.replace('_', '-')}"
+    return [main] + [click.Option([flag, _flag_dest(p, value)], is_flag=True, help=f"Same as {option} {value}.")
                      for flag, value in p.cli_flags]
+
+
+def _merge_flags(op: Operation, values: dict[str, Any], ctx: click.Context) -> None:
+    """Fold flags such as --in/--out into their value; contradictions and a missing required
+    value are usage errors."""
+    for p in op.params:
+        if not p.cli_flags:
+            continue
+        option = f"--{p.name.replace('_', '-')}"
+        given = [(flag, value) for flag, value in p.cli_flags if values.pop(_flag_dest(p, value), False)]
+        if len(given) > 1:
+            raise click.UsageError(f"{given[0][0]} and {given[1][0]} contradict each other.", ctx)
+        if given:
+            flag, value = given[0]
+            if values.get(p.name) not in (None, value):
+                raise click.UsageError(f"{flag} contradicts {option} {values[p.name]}.", ctx)
+            values[p.name] = value
+        if p.required and values.get(p.name) is None:
+            flags = "/".join(flag for flag, _ in p.cli_flags)
+            raise click.UsageError(f"Missing option '{option}' (or {flags}).", ctx)
 
 
 def click_param(p: Param) -> click.Parameter:
@@ -130,10 +159,7 @@ def _command(op: Operation, verb: str, help_text: str, fixed: dict[str, Any], wa
             raise click.UsageError("--timeout only applies together with --wait.", ctx)
         confirmed = kwargs.pop("_yes", False)
         values = {**kwargs, **fixed}
-        for p in op.params:
-            if p.cli_flags and p.required and values.get(p.name) is None:
-                flags = "/".join(flag for flag, _ in p.cli_flags)
-                raise click.UsageError(f"Missing option '--{p.name.replace('_', '-')}' (or {flags}).", ctx)
+        _merge_flags(op, values, ctx)
         _read_files(op, values)
         if destructive and not confirmed:
             target = " ".join(str(values[p.name]) for p in op.params if p.positional and values.get(p.name) is not None)

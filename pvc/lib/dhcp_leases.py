@@ -92,11 +92,14 @@ def _network_entries(core: Cluster, vni: str, paths: list[str]) -> dict[str, Ent
 
 
 def record_lease(core: Cluster, vni: str, mac: str, ip: str, hostname: str | None = None, expiry: int = 0,
-                 clientid: str | None = None, keep_hostname: bool = False) -> str:
+                 clientid: str | None = None, keep_clientid: bool = False) -> str:
     """Record a lease that dnsmasq handed out (``add``) or renewed or re-read (``old``).
 
-    A lease without ``hostname`` has none, unless ``keep_hostname`` (dnsmasq's ``old``, which
-    passes the hostname only when it knows one): then the recorded hostname stays.
+    A lease without ``hostname`` has none: dnsmasq passes the lease's hostname with every event
+    while it has one, and sends ``old`` without it when the name was removed. A lease without
+    ``clientid`` has none either, unless ``keep_clientid``: dnsmasq re-reading its leases at
+    start-up (``DNSMASQ_DATA_MISSING``) may not pass what it did not keep, and the recorded
+    client ID then stays.
 
     :raises NotFound: no network with this VNI.
     :raises InvalidArgument: a malformed MAC, address or value.
@@ -112,8 +115,8 @@ def record_lease(core: Cluster, vni: str, mac: str, ip: str, hostname: str | Non
         ops: list[Op] = [] if entries[key] is not None else [Create(key, "")]
         for f, path in fields.items():
             entry = entries[path]
-            if f == "hostname" and hostname is None and keep_hostname and entry is not None:
-                continue  # a renewal that does not name the host: the hostname recorded stays
+            if f == "clientid" and clientid is None and keep_clientid and entry is not None:
+                continue  # re-read at start-up without it: the client ID recorded stays
             if entry is None:
                 ops.append(Create(path, values[f]))
             elif entry.value != values[f]:

@@ -8,10 +8,13 @@ Decisions where the manual is silent or loose:
   ``False``), and the success message names the values that were ignored; since they are not
   used, they are not checked either. Its VNI range, description and DNS ``domain`` are checked,
   and the domain is kept, as the original kept it.
-- An ``ip6_gateway`` that is missing, not an IPv6 address, outside ``ip6_network`` or its network
-  address is the network address + 1 (``fd00:1::/64`` → ``fd00:1::1``), as the manual says; when
-  one was given, the success message says it was replaced. ``ip4_gateway`` has no such default:
-  missing or invalid is a failure, as the manual says.
+- On add, an ``ip6_gateway`` that is missing, not an IPv6 address, outside ``ip6_network`` or its
+  network address is the network address + 1 (``fd00:1::/64`` → ``fd00:1::1``), as the manual
+  says; when one was given, the success message says it was replaced. On modify the default is
+  for a missing gateway only (a new ``ip6_network`` without one, or ``ip6_gateway=``): an invalid
+  ``ip6_gateway`` given there is refused, naming it, and nothing changes, so a mistyped gateway
+  cannot silently replace a custom one. ``ip4_gateway`` has no default: missing or invalid is a
+  failure, as the manual says.
 - Networks are given in CIDR form and stored normalised (``fd00:1:0:0::/64`` → ``fd00:1::/64``);
   host bits set are an error. An IPv4 network must leave room for a gateway and hosts (/30 or
   larger), an IPv6 one for a gateway (/127 or larger).
@@ -150,10 +153,13 @@ def stranded_reservations(values: dict[str, str], reservations: dict[str, str | 
     return out
 
 
-def check_network(vni: int, state: dict[str, Any]) -> tuple[dict[str, str], list[str]]:
+def check_network(vni: int, state: dict[str, Any], default_ip6_gateway: bool = True
+                  ) -> tuple[dict[str, str], list[str]]:
     """Validate a whole network; return its stored values (NETWORK_FIELDS plus ``""``, the
     description) and notes for the success message on what was ignored or replaced. ``state``
-    holds description, nettype, domain, the IP values (None when unset) and dhcp4 (a bool)."""
+    holds description, nettype, domain, the IP values (None when unset) and dhcp4 (a bool).
+    Without ``default_ip6_gateway`` an invalid ``ip6_gateway`` is refused instead of replaced by
+    the default (a modify that gives one)."""
     nettype = state["nettype"]
     if nettype not in NETTYPES:
         raise InvalidArgument(f"Invalid network type {quote(nettype)}: it must be 'bridged' or 'managed'.")
@@ -193,9 +199,16 @@ def check_network(vni: int, state: dict[str, Any]) -> tuple[dict[str, str], list
             chosen, problem = _host_problem(state["ip6_gateway"], net6)
             if problem is None and chosen is not None:
                 gateway6 = chosen
+            elif not default_ip6_gateway:
+                raise InvalidArgument(f"Invalid 'ip6_gateway' {quote(state['ip6_gateway'])}: {problem}.")
             else:
-                what = "the network address of" if chosen == net6.network_address else "not an address in"
-                notes.append(f"ip6_gateway {quote(state['ip6_gateway'])} is {what} {net6}; using {gateway6}")
+                if chosen is None:
+                    what = "is not an IPv6 address"
+                elif chosen == net6.network_address:
+                    what = f"is the network address of {net6}"
+                else:
+                    what = f"is not inside {net6}"
+                notes.append(f"ip6_gateway {quote(state['ip6_gateway'])} {what}; using {gateway6}")
         values.update(ip6_network=str(net6), ip6_gateway=str(gateway6), dhcp6_flag=TRUE)
     if not state["dhcp4"]:
         for name in ("dhcp4_start", "dhcp4_end"):

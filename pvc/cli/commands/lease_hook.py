@@ -7,6 +7,12 @@ dnsmasq runs its script with ``add|old|del MAC IP [HOSTNAME]`` for each lease ev
 ``vmbr<vni>`` (``DNSMASQ_BRIDGE_INTERFACE``, which the original's daemon set for its dnsmasq, or
 dnsmasq's own ``DNSMASQ_INTERFACE``). This command reads them and calls
 :mod:`pvc.lib.dhcp_leases`.
+
+dnsmasq (its man page, 2.90) passes HOSTNAME with every event of a lease that has one; when the
+name was removed it sends ``old`` without it (the former name in ``DNSMASQ_OLD_HOSTNAME``), so a
+lease event without HOSTNAME records none. The ``old`` events at start-up, after ``init``, carry
+``DNSMASQ_DATA_MISSING``: they may lack what the lease file did not hold, so the recorded client
+ID stays when ``DNSMASQ_CLIENT_ID`` is not given then.
 """
 
 from __future__ import annotations
@@ -63,8 +69,9 @@ def lease_hook(ctx: click.Context, action: str, mac: str | None, ip: str | None,
     """Record DHCP leases from dnsmasq (its --dhcp-script).
 
     dnsmasq calls its script with ACTION MAC IP [HOSTNAME]: `add` and `old` record the lease
-    (`old` without HOSTNAME keeps the hostname recorded; `add` without one records none),
-    `del` removes it, and `init` prints the recorded leases in dnsmasq's lease-file format.
+    (without HOSTNAME it has none; `old` at start-up, with DNSMASQ_DATA_MISSING set, keeps the
+    recorded client ID when DNSMASQ_CLIENT_ID is not set), `del` removes it, and `init`
+    prints the recorded leases in dnsmasq's lease-file format.
     Point --dhcp-script at a wrapper such as `exec pvc network lease hook "$@"`, and start
     dnsmasq with --leasefile-ro. DHCPv6 events and TFTP/ARP events are ignored.
     """
@@ -89,8 +96,9 @@ def lease_hook(ctx: click.Context, action: str, mac: str | None, ip: str | None,
         else:
             expiry = dhcp_leases.lease_expiry(os.environ.get("DNSMASQ_LEASE_EXPIRES"),
                                               os.environ.get("DNSMASQ_LEASE_LENGTH"), time.time())
+            clientid = os.environ.get("DNSMASQ_CLIENT_ID") or None
+            restarted = action == "old" and bool(os.environ.get("DNSMASQ_DATA_MISSING"))
             dhcp_leases.record_lease(core, vni, mac, ip, hostname or None, expiry,  # type: ignore[arg-type]
-                                     os.environ.get("DNSMASQ_CLIENT_ID") or None,
-                                     keep_hostname=action == "old")  # a renewal names the host only if known
+                                     clientid, keep_clientid=restarted and clientid is None)
     except PvcError as e:
         raise CommandFailed(e) from None

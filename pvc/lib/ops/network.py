@@ -27,6 +27,7 @@ from pvc.lib.network_rules import (
 )
 from pvc.lib.registry import Param, completer, operation
 from pvc.lib.store import Check, Create, Delete, Entry, Op, Set
+from pvc.lib.store.base import delete_batches
 
 #: How often a write that lost a race is re-read and tried again.
 ATTEMPTS = 8
@@ -175,7 +176,8 @@ IP4_NETWORK = Param("IPv4 network in CIDR form, e.g. 10.1.0.0/24.", short="-i", 
 IP4_GATEWAY = Param("IPv4 gateway address inside ip4_network (required with it).", short="-g",
                     cli_aliases=("--gateway",))
 IP6_NETWORK = Param("IPv6 network in CIDR form, e.g. fd00:1::/64.", cli_aliases=("--ipnet6", "-i6"))
-IP6_GATEWAY = Param("IPv6 gateway address inside ip6_network (missing or invalid: the network's ::1 address).",
+IP6_GATEWAY = Param("IPv6 gateway address inside ip6_network (missing, or invalid on add: the network's ::1 "
+                    "address; invalid on modify: refused).",
                     cli_aliases=("--gateway6", "-g6"))
 DHCP4 = Param("Serve DHCPv4 on the IPv4 network (needs dhcp4_start and dhcp4_end).", kind="flag",
               cli_aliases=("--dhcp",))
@@ -252,9 +254,10 @@ def modify_network(core: Cluster, network: str, description: str | None = None, 
     Only the values given change; the network is then checked as a whole by the rules of `add`
     (a bridged network ignores IP and DHCP values). An empty value clears an optional value
     (domain: back to the default). Switching DHCPv4 off clears its range. The VNI and the network
-    type cannot change. A change that would leave a static DHCP reservation outside the IPv4
-    network, or on its gateway, network or broadcast address, or that removes IPv4 while
-    reservations exist, is refused.
+    type cannot change. An invalid ip6_gateway is refused (the ::1 default is for a new
+    ip6_network given without a gateway). A change that would leave a static DHCP reservation
+    outside the IPv4 network, or on its gateway, network or broadcast address, or that removes
+    IPv4 while reservations exist, is refused.
     """
     changes = {"domain": domain, "ip4_network": ip4_network, "ip4_gateway": ip4_gateway, "ip6_network": ip6_network,
                "ip6_gateway": ip6_gateway, "dhcp4_start": dhcp4_start, "dhcp4_end": dhcp4_end}
@@ -284,7 +287,8 @@ def modify_network(core: Cluster, network: str, description: str | None = None, 
         if not state["dhcp4"]:  # DHCP off: its range goes, unless given now (which check_network refuses)
             state["dhcp4_start"] = _blank(dhcp4_start)
             state["dhcp4_end"] = _blank(dhcp4_end)
-        values, notes = check_network(int(vni), state)
+        # The manual's default for an invalid ip6_gateway is add's; a modify naming one is refused.
+        values, notes = check_network(int(vni), state, default_ip6_gateway=_blank(ip6_gateway) is None)
         ops: list[Op] = []
         for field, entry in found.items():
             path = schema.network(vni) if field == "" else schema.network_key(vni, field)
@@ -329,10 +333,32 @@ def _reservations_fit(core: Cluster, vni: str, values: dict[str, str], label: st
     if stranded:
         what = "removing IPv4" if values["ip4_network"] == UNSET else \
             f"IPv4 network {values['ip4_network']} with gateway {values['ip4_gateway']}"
-        raise InvalidState(f"{label}: {what} would strand the static DHCP reservation"
-                           f"{'s' if len(stranded) > 1 else ''} of MAC {', '.join(stranded)}; "
-                           "remove or change them first.")
+        many = len(stranded) > 1  # reservations cannot be changed, only removed (and added again)
+        raise InvalidState(f"{label}: {what} would strand the static DHCP reservation{'s' if many else ''} of "
+                           f"MAC{'s' if many else ''} {', '.join(stranded)}; remove the "
+                           f"reservation{'s' if many else ''} first.")
     return [Check(container, entry.version)]
+
+
+def _fits(keys: list[str]) -> bool:
+    """Whether deleting ``keys`` fits in one commit (its batches leave ample room for the guard)."""
+    return len(delete_batches(keys)) == 1
+
+
+def _clear_large_containers(core: Cluster, vni: str, keys: list[str]) -> None:
+    """Delete the contents of the network's containers that can outgrow one commit (dynamic
+    leases first, then reservations, then ACLs), each in commits under the size limit, children
+    first, until the rest of the network (``keys`` without them) fits in one commit. The
+    containers themselves stay, so the network stays whole (and usable) until its final commit."""
+    containers = [schema.network_key(vni, "dhcp4_leases"), schema.network_key(vni, "dhcp4_reservations"),
+                  *(schema.acl_direction(vni, d) for d in schema.ACL_DIRECTIONS)]
+    for container in containers:
+        if _fits(keys):
+            return
+        inside = [k for k in keys if k.startswith(container + "/")]
+        for batch in delete_batches(inside):
+            core.store.commit(batch)
+        keys = [k for k in keys if not k.startswith(container + "/")]
 
 
 @operation("network", "remove", "DELETE", "/network/<network>", params={"network": NETWORK_ARG}, destructive=True)
@@ -342,6 +368,13 @@ def remove_network(core: Cluster, network: str) -> str:
     Refused while a VM is attached to the network's bridge (vmbr<vni>). A VM attached at the same
     moment (`vm define` or `vm modify` racing the removal) is not seen: VM changes do not check
     that their bridges' networks exist.
+
+    The network goes in one commit when it fits in one. A network too large for one (thousands
+    of dynamic leases) first loses the contents of its leases, then if needed its reservations and
+    ACLs, in several commits, once the checks that can refuse the removal have passed; the rest
+    then goes in one final commit, with the same guard. A removal interrupted in between leaves a
+    network without (some of) its leases: harmless, as the network is being removed, and running
+    the removal again finishes it.
     """
     # The remaining window, and why it is not closed here: the commit checks /domains at the
     # version read before the VMs, so a `vm define` landing in between fails the removal, which
@@ -349,7 +382,7 @@ def remove_network(core: Cluster, network: str) -> str:
     # here would catch a modify landing between our read and our write, but not one landing just
     # after our write, and that ends in the same state (network gone, a VM on its bridge). Only
     # the VM side can close it, by checking /networks/<vni> in its own commit.
-    from pvc.lib.ops.vm import vms_using_bridge  # VM parsing loads only when needed
+    from pvc.lib.vm_records import vms_using_bridge  # VM parsing loads only when needed
 
     for _ in range(ATTEMPTS):
         vni = resolve_vni(core, network)
@@ -361,8 +394,13 @@ def remove_network(core: Cluster, network: str) -> str:
                                f"(bridge vmbr{vni}); detach them first.")
         try:
             keys = core.store.subtree(schema.network(vni))
-        except NotFound:
-            continue
+            if not _fits(keys):
+                # Nothing above refused the removal: the large contents go first, in batches;
+                # then read (and check) again, and the rest goes in one commit.
+                _clear_large_containers(core, vni, keys)
+                continue
+        except (Conflict, NotFound):
+            continue  # removed, or leases changing meanwhile: read again
         ops: list[Op] = [Delete(k) for k in reversed(keys)]
         if domains is not None:  # a VM defined meanwhile (which writes /domains) makes this fail and re-check
             ops.insert(0, Check(schema.DOMAINS, domains.version))
@@ -371,4 +409,4 @@ def remove_network(core: Cluster, network: str) -> str:
         except (Conflict, NotFound):
             continue
         return f"{label} removed."
-    raise Conflict(f"Network {quote(network)} kept changing while removing it; nothing was removed, try again.")
+    raise Conflict(f"Network {quote(network)} kept changing while removing it; it was not removed, try again.")

@@ -8,7 +8,6 @@ node; the agent of the VM's node carries it out (start, stop, live migration).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Any, Callable
 
 from pvc.lib import schema
@@ -16,10 +15,11 @@ from pvc.lib.config import SELECTORS
 from pvc.lib.core import Cluster
 from pvc.lib.errors import AlreadyExists, Conflict, InvalidArgument, InvalidState, NotFound, quote
 from pvc.lib.match import select_any
-from pvc.lib.ops.node import node_names, read_nodes
+from pvc.lib.placement import check_target, choose_node
 from pvc.lib.registry import Param, Variant, completer, operation
 from pvc.lib.store import Check, Create, Delete, Entry, Set
-from pvc.lib.vm_xml import DomainXml, ParsedCache, canonical_uuid, read
+from pvc.lib.vm_records import OBJECT_FIELDS, Vm, find_vm, read_vms, uninitialised, vm_object, vm_uuids
+from pvc.lib.vm_xml import DomainXml, canonical_uuid, check_size, read
 
 #: States a VM can be asked for, and those the list filter accepts.
 STATE_REQUESTS = ("start", "shutdown", "stop", "restart")
@@ -38,149 +38,6 @@ NODE_OPT = Param("Node to use; one that does not exist means automatic selection
                  cli_aliases=("--target",))
 SELECTOR_OPT = Param("How to choose the node when none is given (default: the cluster's, "
                      "pvc.system.migration.target_selector).", kind="choice", choices=SELECTORS, short="-s")
-
-#: Parsed XML of the VMs this process has read, by UUID.
-PARSED = ParsedCache()
-
-
-@dataclass(frozen=True)
-class Vm:
-    """One VM's keys as read from the store."""
-
-    uuid: str
-    name: str
-    entries: dict[str, Entry | None]
-
-    def value(self, field: str) -> str | None:
-        entry = self.entries.get(field)
-        return None if entry is None else entry.value
-
-    def version(self, field: str) -> int | None:
-        entry = self.entries.get(field)
-        return None if entry is None else entry.version
-
-    @property
-    def state(self) -> str | None:
-        return self.value("state")
-
-    @property
-    def node(self) -> str | None:
-        return self.value("node")
-
-    @property
-    def last_node(self) -> str:
-        return self.value("lastnode") or ""
-
-
-def _uninitialised(core: Cluster) -> InvalidState:
-    return InvalidState(f"The cluster in {core.store.describe()} is not initialised; run 'pvc init'.")
-
-
-def vm_uuids(core: Cluster) -> list[str]:
-    try:
-        return core.store.children(schema.DOMAINS)
-    except NotFound:
-        raise _uninitialised(core) from None
-
-
-def read_vms(core: Cluster, uuids: list[str], fields: tuple[str, ...]) -> list[Vm]:
-    """The given fields (of DOMAIN_FIELDS) of many VMs in one batch, in the given order; VMs gone meanwhile are left out."""
-    unknown = set(fields) - set(schema.DOMAIN_FIELDS)
-    if unknown:
-        raise ValueError(f"unknown VM fields {sorted(unknown)}")
-    heads = [schema.domain(u) for u in uuids]
-    keys = [[f"{head}/{f}" for f in fields] for head in heads]  # as schema.domain_key, built once
-    entries = core.store.get_many(heads + [k for row in keys for k in row])
-    out = []
-    for u, head, row in zip(uuids, heads, keys):
-        entry = entries[head]
-        if entry is not None:
-            out.append(Vm(u, entry.value, {f: entries[k] for f, k in zip(fields, row)}))
-    return out
-
-
-def _parsed(vm: Vm) -> DomainXml | None:
-    entry = vm.entries.get("xml")
-    if entry is None:
-        return None
-    try:
-        return PARSED.get(vm.uuid, entry.version, entry.value)
-    except InvalidArgument:
-        return None  # a tree written by other tools may hold XML we cannot read; show what we can
-
-
-def vm_object(vm: Vm) -> dict[str, Any]:
-    """A VM in the original's shape (its §2.7.2), with JSON types; XML parts missing are null."""
-    parsed = _parsed(vm)
-    facts = parsed.facts if parsed is not None else {}
-    last = vm.last_node
-    return {
-        "name": vm.name,
-        "uuid": vm.uuid,
-        "state": vm.state,
-        "node": vm.node,
-        "last_node": last,
-        "migrated": f"from {last}" if last else "no",
-        "failed_reason": vm.value("failedreason") or "",
-        "description": facts.get("description"),
-        "memory": facts.get("memory"),
-        "vcpu": facts.get("vcpu"),
-        "vcpu_topology": facts.get("vcpu_topology"),
-        "networks": facts.get("networks", []),
-        "type": facts.get("type"),
-        "arch": facts.get("arch"),
-        "machine": facts.get("machine"),
-        "console": facts.get("console"),
-        "emulator": facts.get("emulator"),
-        "features": facts.get("features", []),
-        "disks": facts.get("disks", []),
-        "controllers": facts.get("controllers", []),
-        "xml": vm.value("xml"),
-    }
-
-
-OBJECT_FIELDS = ("state", "node", "lastnode", "failedreason", "xml")
-
-#: The UUID last found for a VM name. Finding a VM by name otherwise reads every VM's name; with
-#: this, one read of the remembered VM's keys, which also verifies that it still has that name
-#: (names are unique: define and rename refuse a taken one), so a stale entry is never believed.
-_BY_NAME: dict[str, str] = {}
-_BY_NAME_LIMIT = 100_000
-
-
-def find_vm(core: Cluster, vm: str, fields: tuple[str, ...] = schema.DOMAIN_FIELDS) -> Vm:
-    """The VM named ``vm`` (exactly), or whose UUID it is; NotFound otherwise."""
-    uuid = canonical_uuid(vm)
-    if uuid is not None:
-        found = read_vms(core, [uuid], fields)
-        if found:
-            return found[0]
-        raise NotFound(f"VM {quote(vm)} not found.")
-    schema.validate_name("VM", vm)
-    remembered = _BY_NAME.get(vm)
-    if remembered is not None:
-        found = read_vms(core, [remembered], fields)
-        if found and found[0].name == vm:
-            return found[0]
-    names = read_vms(core, vm_uuids(core), ())
-    if len(_BY_NAME) + len(names) > _BY_NAME_LIMIT:
-        _BY_NAME.clear()
-    _BY_NAME.update((v.name, v.uuid) for v in names)  # every name was read: remember them all
-    matches = [v.uuid for v in names if v.name == vm]
-    if not matches:
-        raise NotFound(f"VM {quote(vm)} not found.")
-    if len(matches) > 1:  # only a tree written by other tools can hold two VMs of one name
-        raise InvalidArgument(f"VM name {quote(vm)} is not unique ({', '.join(matches)}); use the UUID.")
-    found = read_vms(core, matches, fields)
-    if not found:
-        raise NotFound(f"VM {quote(vm)} not found.")
-    return found[0]
-
-
-def vms_using_bridge(core: Cluster, bridge: str) -> list[str]:
-    """Names of the VMs whose XML attaches an interface to ``bridge``, sorted."""
-    vms = read_vms(core, vm_uuids(core), ("xml",))
-    return sorted(v.name for v in vms if (p := _parsed(v)) is not None and bridge in p.bridges)
 
 
 @completer("vm")
@@ -249,95 +106,12 @@ def dump_vm(core: Cluster, vm: str) -> str:
     return xml
 
 
-# --- node selection ----------------------------------------------------------------------------
-
-#: Node figure each selector minimises (None: counted from the VMs' nodes).
-SELECTOR_FIELDS = {"mem": "memalloc", "vcpus": "vcpualloc", "load": "cpuload", "vms": None}
-
-
-def _figure(text: str | None) -> float:
-    try:
-        return float(text) if text not in (None, "") else 0.0
-    except ValueError:
-        return float("inf")  # an unreadable figure never wins
-
-
-def select_node(core: Cluster, selector: str | None, exclude: str | None = None) -> str:
-    """The node a VM should go to: among nodes whose daemon runs and which are ready, except
-    ``exclude``, the one with the least of the selector's figure; ties go to the first name.
-
-    InvalidState, saying why each node was passed over, when there is no candidate; never a
-    fallback to a dead or flushed node.
-    """
-    selector = selector or core.settings.target_selector
-    if selector not in SELECTOR_FIELDS:
-        raise InvalidArgument(f"Invalid selector {quote(selector)}: it must be one of {', '.join(SELECTORS)}.")
-    field = SELECTOR_FIELDS[selector]
-    fields = ("daemonstate", "domainstate") + ((field,) if field else ())
-    nodes = read_nodes(core, node_names(core), fields)
-    reasons = []
-    candidates = []
-    for name, values in sorted(nodes.items()):
-        if name == exclude:
-            reasons.append(f"{name} is the VM's current node")
-        elif values["daemonstate"] != "run":
-            reasons.append(f"{name}'s daemon is {values['daemonstate'] or 'unknown'}")
-        elif values["domainstate"] != "ready":
-            reasons.append(f"{name} is {values['domainstate'] or 'not ready'}")
-        else:
-            candidates.append(name)
-    if not candidates:
-        detail = "; ".join(reasons) if reasons else "the cluster has no nodes"
-        raise InvalidState(f"No node can take the VM: {detail}.")
-    if field is None:
-        counts = {n: 0 for n in candidates}
-        for v in read_vms(core, vm_uuids(core), ("node",)):
-            if v.node in counts:
-                counts[v.node] += 1
-        return min(candidates, key=lambda n: (counts[n], n))
-    return min(candidates, key=lambda n: (_figure(nodes[n][field]), n))
-
-
-def _node_exists(core: Cluster, node: str) -> bool:
-    try:
-        return core.store.exists(schema.node(node))
-    except InvalidArgument:
-        return False  # not even a valid name: the manual's "not valid", i.e. select automatically
-
-
-def _check_target(core: Cluster, node: str, running: bool) -> None:
-    """A running VM can only go to a node whose daemon runs and that is ready."""
-    if not running:
-        return
-    state = read_nodes(core, [node], ("daemonstate", "domainstate")).get(node)
-    if state is None:
-        raise InvalidState(f"Node {quote(node)} does not exist.")
-    if state["daemonstate"] != "run" or state["domainstate"] != "ready":
-        raise InvalidState(f"Node {quote(node)} cannot take a running VM: its daemon is "
-                           f"{state['daemonstate']} and it is {state['domainstate']}.")
-
-
-def choose_node(core: Cluster, node: str | None, selector: str | None, exclude: str | None = None,
-                running: bool = False) -> tuple[str, str]:
-    """The target node and a note on how it was chosen, as the manual says: a given node that
-    exists is used; one that does not means automatic selection with ``selector``."""
-    if node:
-        if _node_exists(core, node):
-            if node == exclude:
-                raise InvalidState(f"The VM is already on node {quote(node)}.")
-            _check_target(core, node, running)
-            return node, ""
-        chosen = select_node(core, selector, exclude)
-        return chosen, f" (node {quote(node)} does not exist; chosen by {selector or core.settings.target_selector})"
-    return select_node(core, selector, exclude), ""
-
-
 # --- define, modify, undefine -----------------------------------------------------------------
 
 
 def _checked_document(xml: str) -> DomainXml:
     """Parse a submitted document and check the name and UUID pvc keys it by."""
-    doc = read(xml)
+    doc = read(check_size(xml))
     if doc.uuid is None:
         raise InvalidArgument("Invalid VM XML: it has no <uuid>; pvc keys VMs by UUID.")
     uuid = canonical_uuid(doc.uuid) if LIBVIRT_UUID.fullmatch(doc.uuid) else None
@@ -356,7 +130,7 @@ def _names_in_use(core: Cluster) -> tuple[Entry, dict[str, str]]:
     """The /domains entry (its version guards name uniqueness) and every VM's name → UUID."""
     root = core.store.get_many([schema.DOMAINS])[schema.DOMAINS]
     if root is None:
-        raise _uninitialised(core)
+        raise uninitialised(core)
     return root, {v.name: v.uuid for v in read_vms(core, vm_uuids(core), ())}
 
 
@@ -578,13 +352,14 @@ def set_vm_node(core: Cluster, vm: str, action: str, node: str | None = None, se
         found = find_vm(core, vm, ("state", "node", "lastnode"))
         name, state, current, last = quote(found.name), found.state, found.node, found.last_node
         if state in BUSY_STATES:
-            raise InvalidState(f"VM {name} is busy (state {quote(state)}); ask again once it has settled.")
+            raise InvalidState(f"VM {name} is busy (state {quote(state)}); ask again once it has settled "
+                               "(or stop it).")
         running = state == "start"
         if action == "unmigrate":
             if not last:
                 raise InvalidState(f"VM {name} has not been migrated; there is no previous node to return to.")
             target, lastnode, note = last, "", ""
-            _check_target(core, target, running)
+            check_target(core, target, running)
             message = f"Unmigrating VM {name} back to node {quote(target)}"
         else:
             if last and not force and not permanent:

@@ -65,21 +65,58 @@ Op = Create | Set | Delete | Check
 #: Largest commit, paths and values together. ZooKeeper refuses a request over its jute.maxbuffer
 #: (1 MiB by default) by dropping the session; both engines refuse the same commits up front.
 MAX_COMMIT_BYTES = 1_000_000
-#: Bytes counted per operation besides its path and value (ZooKeeper's framing, roughly).
-_OP_OVERHEAD = 32
+#: Bytes each kind of operation adds to a ZooKeeper multi request besides its path and value,
+#: rounded up: the operation's header and version, and for a create its flags and open ACL
+#: (about 52 bytes).
+_OP_OVERHEAD = {Create: 64, Set: 32, Delete: 32, Check: 32}
 
 
-def check_ops(ops: Sequence[Op]) -> None:
-    """Check the paths of a commit and that it is not too large for the store."""
+def op_cost(op: Op, prefix: int = 0) -> int:
+    """What ``op`` adds to a commit's size; ``prefix``: bytes the store puts before each path."""
+    cost = len(op.path.encode("utf-8")) + prefix + _OP_OVERHEAD[type(op)]
+    if isinstance(op, (Create, Set)):
+        cost += len(op.value.encode("utf-8"))
+    return cost
+
+
+def check_ops(ops: Sequence[Op], prefix: int = 0) -> None:
+    """Check the paths of a commit and that it is not too large for the store (``prefix``: the
+    bytes of a ZooKeeper chroot, which the server sees in front of every path)."""
     size = 0
     for op in ops:
         check_path(op.path)
-        size += len(op.path.encode("utf-8")) + _OP_OVERHEAD
-        if isinstance(op, (Create, Set)):
-            size += len(op.value.encode("utf-8"))
+        size += op_cost(op, prefix)
     if size > MAX_COMMIT_BYTES:
         raise InvalidArgument(f"The change is too large to store: {size} bytes in one write, where the limit is "
                               f"{MAX_COMMIT_BYTES}.")
+
+
+#: Size of the commits :func:`delete_batches` makes: half the limit, which leaves room for a
+#: chroot of up to 256 bytes in front of each path.
+DELETE_BATCH_BYTES = MAX_COMMIT_BYTES // 2
+
+
+def delete_batches(keys: Iterable[str], limit: int = DELETE_BATCH_BYTES) -> list[list[Delete]]:
+    """Deletes of ``keys`` (whole subtrees, such as :meth:`Store.subtree` gives), cut into
+    commits of at most ``limit`` bytes as :func:`check_ops` counts them; one when they all fit.
+
+    Each key comes right after its descendants (the reverse of a depth-first order), so each
+    commit deletes only keys whose children were deleted before them, and a series of commits
+    that stops midway leaves whole keys with all their children, but for at most one.
+    """
+    batches: list[list[Delete]] = []
+    batch: list[Delete] = []
+    size = 0
+    for path in sorted(keys, key=lambda p: p.split("/"), reverse=True):
+        cost = op_cost(Delete(path))
+        if batch and size + cost > limit:
+            batches.append(batch)
+            batch, size = [], 0
+        batch.append(Delete(path))
+        size += cost
+    if batch:
+        batches.append(batch)
+    return batches
 
 
 class WatchHandle:
@@ -160,9 +197,15 @@ class Store:
                     raise
 
     def delete_tree(self, path: str) -> None:
-        """Delete ``path`` and everything under it in one transaction; NotFound if absent."""
-        keys = self.subtree(path)
-        self.commit([Delete(p) for p in reversed(keys)])
+        """Delete ``path`` and everything under it; NotFound if absent.
+
+        One transaction when the deletes fit in one commit (:data:`DELETE_BATCH_BYTES`). A larger
+        subtree is deleted in several commits, children before parents, each under that size: if
+        one fails (a concurrent writer, the store lost), the keys of the earlier commits are gone
+        and the rest of the subtree, with ``path``, is still there; calling it again finishes it.
+        """
+        for batch in delete_batches(self.subtree(path)):
+            self.commit(batch)
 
     # -- change notification ------------------------------------------------------------------
     def watch(self, paths: Iterable[str], callback: Callable[[str], None], children: bool = False) -> WatchHandle:

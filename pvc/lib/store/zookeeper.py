@@ -179,7 +179,7 @@ class ZooKeeperStore(Store):
 
     # -- writes -------------------------------------------------------------------------------
     def commit(self, ops: Sequence[Op]) -> None:
-        check_ops(ops)
+        check_ops(ops, len((self.chroot or "").rstrip("/").encode("utf-8")))
 
         def apply() -> None:
             txn = self.client.transaction()

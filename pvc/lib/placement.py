@@ -1,0 +1,94 @@
+"""Choosing a node for a VM: the manual's selectors over the nodes that can take VMs.
+
+A node given by name is used when it exists (the manual: one that does not means automatic
+selection); a running VM only goes to a node whose daemon runs and that is ready.
+"""
+
+from __future__ import annotations
+
+from pvc.lib import schema
+from pvc.lib.config import SELECTORS
+from pvc.lib.core import Cluster
+from pvc.lib.errors import InvalidArgument, InvalidState, quote
+from pvc.lib.ops.node import node_names, read_nodes
+from pvc.lib.vm_records import read_vms, vm_uuids
+
+#: Node figure each selector minimises (None: counted from the VMs' nodes).
+SELECTOR_FIELDS = {"mem": "memalloc", "vcpus": "vcpualloc", "load": "cpuload", "vms": None}
+
+
+def _figure(text: str | None) -> float:
+    try:
+        return float(text) if text not in (None, "") else 0.0
+    except ValueError:
+        return float("inf")  # an unreadable figure never wins
+
+
+def select_node(core: Cluster, selector: str | None, exclude: str | None = None) -> str:
+    """The node a VM should go to: among nodes whose daemon runs and which are ready, except
+    ``exclude``, the one with the least of the selector's figure; ties go to the first name.
+
+    InvalidState, saying why each node was passed over, when there is no candidate; never a
+    fallback to a dead or flushed node.
+    """
+    selector = selector or core.settings.target_selector
+    if selector not in SELECTOR_FIELDS:
+        raise InvalidArgument(f"Invalid selector {quote(selector)}: it must be one of {', '.join(SELECTORS)}.")
+    field = SELECTOR_FIELDS[selector]
+    fields = ("daemonstate", "domainstate") + ((field,) if field else ())
+    nodes = read_nodes(core, node_names(core), fields)
+    reasons = []
+    candidates = []
+    for name, values in sorted(nodes.items()):
+        if name == exclude:
+            reasons.append(f"{name} is the VM's current node")
+        elif values["daemonstate"] != "run":
+            reasons.append(f"{name}'s daemon is {values['daemonstate'] or 'unknown'}")
+        elif values["domainstate"] != "ready":
+            reasons.append(f"{name} is {values['domainstate'] or 'not ready'}")
+        else:
+            candidates.append(name)
+    if not candidates:
+        detail = "; ".join(reasons) if reasons else "the cluster has no nodes"
+        raise InvalidState(f"No node can take the VM: {detail}.")
+    if field is None:
+        counts = {n: 0 for n in candidates}
+        for v in read_vms(core, vm_uuids(core), ("node",)):
+            if v.node in counts:
+                counts[v.node] += 1
+        return min(candidates, key=lambda n: (counts[n], n))
+    return min(candidates, key=lambda n: (_figure(nodes[n][field]), n))
+
+
+def _node_exists(core: Cluster, node: str) -> bool:
+    try:
+        return core.store.exists(schema.node(node))
+    except InvalidArgument:
+        return False  # not even a valid name: the manual's "not valid", i.e. select automatically
+
+
+def check_target(core: Cluster, node: str, running: bool) -> None:
+    """A running VM can only go to a node whose daemon runs and that is ready."""
+    if not running:
+        return
+    state = read_nodes(core, [node], ("daemonstate", "domainstate")).get(node)
+    if state is None:
+        raise InvalidState(f"Node {quote(node)} does not exist.")
+    if state["daemonstate"] != "run" or state["domainstate"] != "ready":
+        raise InvalidState(f"Node {quote(node)} cannot take a running VM: its daemon is "
+                           f"{state['daemonstate']} and it is {state['domainstate']}.")
+
+
+def choose_node(core: Cluster, node: str | None, selector: str | None, exclude: str | None = None,
+                running: bool = False) -> tuple[str, str]:
+    """The target node and a note on how it was chosen, as the manual says: a given node that
+    exists is used; one that does not means automatic selection with ``selector``."""
+    if node:
+        if _node_exists(core, node):
+            if node == exclude:
+                raise InvalidState(f"The VM is already on node {quote(node)}.")
+            check_target(core, node, running)
+            return node, ""
+        chosen = select_node(core, selector, exclude)
+        return chosen, f" (node {quote(node)} does not exist; chosen by {selector or core.settings.target_selector})"
+    return select_node(core, selector, exclude), ""

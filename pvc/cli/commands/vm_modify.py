@@ -7,11 +7,7 @@ yes. The editor runs without a shell, so its name cannot smuggle in commands.
 
 from __future__ import annotations
 
-import difflib
 import os
-import shlex
-import subprocess
-import tempfile
 from typing import IO
 
 import click
@@ -26,6 +22,10 @@ from pvc.lib.ops.vm import dump_vm, modify_vm
 
 def edit_text(text: str, editor: str) -> str:
     """Open ``text`` in ``editor`` and return what was saved."""
+    import shlex  # here, not at the top: `pvc --help` should not pay for what only --editor uses
+    import subprocess
+    import tempfile
+
     argv = shlex.split(editor)
     if not argv:
         raise click.UsageError("$EDITOR is empty.")
@@ -46,6 +46,8 @@ def edit_text(text: str, editor: str) -> str:
 
 
 def diff(old: str, new: str, paint: Paint) -> str:
+    import difflib
+
     lines = []
     for line in difflib.unified_diff(old.splitlines(), new.splitlines(), "current", "new", lineterm=""):
         if line.startswith(("+++", "---")):

@@ -564,7 +564,7 @@ def test_migrate_move_unmigrate(cli: Callable[..., Any], nodes: Cluster, vms: di
     agent_writes_state(nodes, uuid)
     # A stopped VM is re-homed, not started.
     assert ok(cli("vm", "move", "web1", "-t", "hv3")) == (
-        "Permanently moving VM 'web1' to node 'hv3' (it is stop: re-homed, not started).\n")
+        "Permanently moving VM 'web1' to node 'hv3'; it is not running ('stop'), so it is only re-homed.\n")
     assert (field(nodes, vms["web1"], "state"), field(nodes, vms["web1"], "node")) == ("stop", "hv3")
 
 

@@ -16,7 +16,8 @@ from pvc.lib import schema
 from pvc.lib.config import Settings
 from pvc.lib.core import Cluster
 from pvc.lib.errors import AlreadyExists, InvalidArgument, NotFound, quote
-from pvc.lib.ops.acl import ATTEMPTS, add_acl, get_acl, list_acls, remove_acl
+from pvc.lib.ops.acl import add_acl, get_acl, list_acls, remove_acl
+from pvc.lib.retry import ATTEMPTS
 from pvc.lib.store import Create
 from tests.test_ops_node import changed_keys, snapshot
 from tests.wsgi import Client

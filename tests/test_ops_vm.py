@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -969,7 +970,7 @@ def test_migrate_selector_choice(via: str, selector_cluster: Cluster, client: Cl
     core = selector_cluster
     uuid = define(core, "mover", node="hv0")  # on the flushed node, which is no candidate anyway
     message = run(via, core, client, "vm.set-node", vm="mover", action="migrate", selector=selector)
-    assert message == f"Migrating VM 'mover' to node '{SELECTOR_CHOICE[selector]}' (it is stop: re-homed, not started)."
+    assert message == f"Migrating VM 'mover' to node '{SELECTOR_CHOICE[selector]}'; it is not running ('stop'), so it is only re-homed."
     assert node_fields(core, uuid) == ("stop", SELECTOR_CHOICE[selector], "hv0")
 
 
@@ -977,14 +978,14 @@ def test_migrate_selector_choice(via: str, selector_cluster: Cluster, client: Cl
 def test_migrate_a_stopped_vm_rehomes_it(via: str, nodes: Cluster, client: Client, web1: str) -> None:
     before = snapshot(nodes)
     message = run(via, nodes, client, "vm.set-node", vm="web1", action="migrate", node="hv3")
-    assert message == "Migrating VM 'web1' to node 'hv3' (it is stop: re-homed, not started)."
+    assert message == "Migrating VM 'web1' to node 'hv3'; it is not running ('stop'), so it is only re-homed."
     assert changed_keys(before, snapshot(nodes)) == {schema.domain_key(web1, f) for f in ("node", "lastnode")}
     assert node_fields(nodes, web1) == ("stop", "hv3", "hv1")
     # A stopped VM may go to a node that could not run it now.
     run(via, nodes, client, "vm.set-node", vm="web1", action="migrate", node="hv8", force=True)
     assert node_fields(nodes, web1) == ("stop", "hv8", "hv1")
     message = run(via, nodes, client, "vm.set-node", vm="web1", action="unmigrate")
-    assert message == "Unmigrating VM 'web1' back to node 'hv1' (it is stop: re-homed, not started)."
+    assert message == "Unmigrating VM 'web1' back to node 'hv1'; it is not running ('stop'), so it is only re-homed."
     assert node_fields(nodes, web1) == ("stop", "hv1", "")
 
 
@@ -1050,7 +1051,7 @@ def test_unmigrate_a_running_vm_needs_a_ready_home(via: str, nodes: Cluster, cli
 def test_move_forgets_the_previous_node(via: str, nodes: Cluster, client: Client, web1: str, state: str) -> None:
     agent_writes_state(nodes, web1, state)
     message = run(via, nodes, client, "vm.set-node", vm="web1", action="migrate", node="hv3", permanent=True)
-    how = "" if state == "start" else " (it is stop: re-homed, not started)"
+    how = "" if state == "start" else "; it is not running ('stop'), so it is only re-homed"
     assert message == f"Permanently moving VM 'web1' to node 'hv3'{how}."
     assert node_fields(nodes, web1) == ("migrate" if state == "start" else "stop", "hv3", "")
     assert run(via, nodes, client, "vm.info", vm="web1")[0]["migrated"] == "no"
@@ -1204,13 +1205,14 @@ def test_a_vm_undefined_during_changes_is_reported_as_not_found(nodes: Cluster) 
     """Writers racing an undefine see "not found" (or succeed before it), never a store key error."""
     define(nodes, "racing", node="hv1")
     errors: list[PvcError] = []
-    done = threading.Event()
     barrier = threading.Barrier(2)
 
     def change_states() -> None:
+        """Change the state until a change fails: once the VM is undefined, every change does."""
+        deadline = time.monotonic() + 30
         with Cluster(nodes.settings) as own:
             barrier.wait(30)
-            while not done.is_set():
+            while time.monotonic() < deadline:
                 for state in ("start", "stop"):
                     try:
                         set_vm_state(own, "racing", state)
@@ -1222,7 +1224,6 @@ def test_a_vm_undefined_during_changes_is_reported_as_not_found(nodes: Cluster) 
     worker.start()
     barrier.wait(30)
     undefine_vm(nodes, "racing")
-    done.set()
     worker.join(60)
     assert errors and all(isinstance(e, NotFound) and "VM 'racing' not found" in e.message for e in errors), errors
 
@@ -1242,3 +1243,13 @@ def test_stored_xml_is_read_whatever_its_size_and_bridges_count_when_unreadable(
     assert vms_using_bridge(nodes, "vmbr100") == ["big"]
     assert vms_using_bridge(nodes, "vmbr200") == ["broken"]
     assert vms_using_bridge(nodes, "vmbr20") == []  # a name, not a prefix
+
+
+@VIA
+def test_unmigrate_to_a_node_that_no_longer_exists_is_refused(via: str, nodes: Cluster, client: Client) -> None:
+    """Even a stopped VM is not re-homed to a previous node that is gone (or was never a node)."""
+    uuid = define(nodes, "orphan", node="hv2")
+    for ghost in ("ghost", "bad/name"):
+        nodes.store.commit([Set(schema.domain_key(uuid, "lastnode"), ghost)])  # as a foreign tree may hold
+        refused(via, nodes, client, "vm.set-node", 510, "invalid_state", "does not exist", vm="orphan",
+                action="unmigrate")

@@ -261,8 +261,8 @@ def test_app_routes_come_from_the_registry(app: Any) -> None:
 def test_serve_routes_lists_the_table() -> None:
     result = CliRunner().invoke(cli, ["serve", "--routes"], prog_name="pvc")
     assert result.exit_code == 0, result.output
-    listed = {tuple(line.split()) for line in result.stdout.splitlines()}
-    assert listed == {(m, p, n) for (m, p), n in ROUTES.items()}
+    listed = {tuple(line.split(maxsplit=2)) for line in result.stdout.splitlines()}
+    assert listed == {(m, p, n) for (m, p), n in ROUTES.items()} | {("POST", "/api/v1/vm/<vm>", "(501: not implemented)")}
 
 
 # --- the CLI tree mirrors the endpoint tree ------------------------------------------------------

@@ -31,6 +31,12 @@ class ValueType(click.ParamType):
         except InvalidArgument as e:
             self.fail(e.message, param, ctx)
 
+    def get_metavar(self, param: click.Parameter, ctx: click.Context) -> str | None:
+        """`[mem|vcpus|load|vms]` for choices, so --help shows them; else the value's name."""
+        if self.param.choices:
+            return "[" + "|".join(self.param.choices) + "]"
+        return self.param.metavar
+
     def shell_complete(self, ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
         from click.shell_completion import CompletionItem
 
@@ -209,12 +215,9 @@ def commands_for(op: Operation) -> list[tuple[str, click.Command, tuple[str, ...
         return []
     if not op.variants:
         return [(op.verb, _command(op, op.verb, op.help, {}, None), ())]
-    out = []
-    for v in op.variants:
-        body = op.help.partition("\n")[2].strip()
-        text = f"{v.help}\n\n{body}" if body else v.help
-        out.append((v.verb, _command(op, v.verb, text, dict(v.fixed), v.wait, v.omit, v.destructive), v.aliases))
-    return out
+    # A variant's own help only: the operation's text speaks of values the variant fixes or omits.
+    return [(v.verb, _command(op, v.verb, v.help, dict(v.fixed), v.wait, v.omit, v.destructive), v.aliases)
+            for v in op.variants]
 
 
 def group_for(root: click.Group, path: tuple[str, ...], groups: dict[str, tuple[str, tuple[str, ...]]]) -> click.Group:

@@ -8,5 +8,5 @@ GROUPS: dict[str, tuple[str, tuple[str, ...]]] = {
     "vm": ("Manage virtual machines: define, modify, start and stop, migrate between nodes.", ()),
     "network": ("Manage virtual networks: bridged vLANs and managed VXLANs.", ()),
     "network lease": ("Manage the DHCP leases and static reservations of a managed network.", ("dhcp",)),
-    "network acl": ("Manage the firewall rules (nftables ACLs) of a managed network.", ()),
+    "network acl": ("Manage the firewall rules (nftables ACLs) of a network.", ()),
 }

@@ -6,7 +6,7 @@ import threading
 
 from pvc.lib import schema
 from pvc.lib.config import Settings
-from pvc.lib.errors import AlreadyExists
+from pvc.lib.errors import AlreadyExists, InvalidState
 from pvc.lib.store import Create, Store, open_store
 
 
@@ -44,6 +44,11 @@ class Cluster:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def not_initialised(core: Cluster) -> InvalidState:
+    """The error for a store without the cluster's root tree (raise it)."""
+    return InvalidState(f"The cluster in {core.store.describe()} is not initialised; run 'pvc init'.")
 
 
 def ensure_root_tree(store: Store) -> bool:

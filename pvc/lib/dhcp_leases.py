@@ -7,7 +7,7 @@ infinite lease), ``ipaddr``, ``hostname`` and ``clientid`` (empty when unknown),
 layout (its §3.6, §4.7); on ``init`` dnsmasq reads them back in its lease-file format, so leases
 survive a move of the primary role. Static reservations live beside them under
 ``dhcp4_reservations`` (the key the original's daemon misspelt, its bug D1); :func:`dhcp_host_lines`
-gives them to dnsmasq.
+gives them to dnsmasq. Only DHCPv4 leases are recorded: events of DHCPv6 leases are ignored.
 
 The ``pvc network lease hook`` command reads dnsmasq's arguments and environment and calls these
 functions; nothing here reads the environment.
@@ -22,13 +22,13 @@ from typing import Any
 from pvc.lib import schema
 from pvc.lib.core import Cluster
 from pvc.lib.errors import AlreadyExists, Conflict, InvalidArgument, NotFound, quote
+from pvc.lib.retry import commit, retrying
 from pvc.lib.store import Create, Delete, Entry, Op, Set
 
 MAC_PATTERN = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
 BRIDGE_PATTERN = re.compile(r"^vmbr([0-9]+)$")
 #: Reservations store an absent hostname as the original's ``None`` text.
 UNSET = "None"
-ATTEMPTS = 8
 
 
 def normalise_mac(text: Any) -> str:
@@ -74,6 +74,14 @@ def lease_expiry(expires: str | None, length: str | None, now: float) -> int:
     return 0
 
 
+def is_ipv6(text: str | None) -> bool:
+    """Whether ``text`` is an IPv6 address: the address of a DHCPv6 lease, whose MAC is a DUID."""
+    try:
+        return ipaddress.ip_address(text or "").version == 6
+    except ValueError:
+        return False
+
+
 def _text(value: str | None) -> str:
     """Optional lease values (hostname, client id) are stored as empty text when unknown."""
     if value is None:
@@ -101,15 +109,20 @@ def record_lease(core: Cluster, vni: str, mac: str, ip: str, hostname: str | Non
     start-up (``DNSMASQ_DATA_MISSING``) may not pass what it did not keep, and the recorded
     client ID then stays.
 
+    A DHCPv6 lease (an IPv6 ``ip``) is ignored: nothing is read or written.
+
     :raises NotFound: no network with this VNI.
     :raises InvalidArgument: a malformed MAC, address or value.
     """
+    if is_ipv6(ip):
+        return f"DHCPv6 lease {ip} ignored; only DHCPv4 leases are recorded."
     mac = normalise_mac(mac)
     address = ipv4_address("IP address", ip)
     values = {"expiry": str(int(expiry)), "ipaddr": str(address), "hostname": _text(hostname),
               "clientid": _text(clientid)}
     key = schema.lease(vni, mac)
-    for _ in range(ATTEMPTS):
+
+    def attempt() -> str:
         fields = {f: schema.lease_key(vni, mac, f) for f in schema.LEASE_FIELDS}
         entries = _network_entries(core, vni, [key, *fields.values()])
         ops: list[Op] = [] if entries[key] is not None else [Create(key, "")]
@@ -123,29 +136,32 @@ def record_lease(core: Cluster, vni: str, mac: str, ip: str, hostname: str | Non
                 ops.append(Set(path, values[f], entry.version))
         if not ops:
             return f"Lease {mac} ({address}) in network {vni} is unchanged."
-        try:
-            core.store.commit(ops)
-        except (Conflict, AlreadyExists, NotFound):
-            continue  # a concurrent event for the same MAC, or the network went: read again
+        # A concurrent event for the same MAC, or the network went: read again.
+        commit(core.store, ops, Conflict, AlreadyExists, NotFound)
         return f"Lease {mac} ({address}) recorded in network {vni}."
-    raise Conflict(f"The lease of {mac} in network {vni} kept changing; try again.")
+
+    return retrying(f"The lease of {mac} in network {vni}", attempt)
 
 
-def forget_lease(core: Cluster, vni: str, mac: str) -> str:
-    """Remove a lease that dnsmasq released or expired (``del``); one that is not there is fine."""
+def forget_lease(core: Cluster, vni: str, mac: str, ip: str | None = None) -> str:
+    """Remove a lease that dnsmasq released or expired (``del``); one that is not there is fine.
+
+    A DHCPv6 lease (an IPv6 ``ip``) is ignored: nothing is read or written.
+    """
+    if is_ipv6(ip):
+        return f"DHCPv6 lease {ip} ignored; only DHCPv4 leases are recorded."
     mac = normalise_mac(mac)
     _network_entries(core, vni, [])
-    for _ in range(ATTEMPTS):
+
+    def attempt() -> str:
         try:
             keys = core.store.subtree(schema.lease(vni, mac))
         except NotFound:
             return f"Lease {mac} in network {vni} is not recorded; nothing to remove."
-        try:
-            core.store.commit([Delete(k) for k in reversed(keys)])
-        except (Conflict, NotFound):
-            continue
+        commit(core.store, [Delete(k) for k in reversed(keys)], Conflict, NotFound)
         return f"Lease {mac} removed from network {vni}."
-    raise Conflict(f"The lease of {mac} in network {vni} kept changing; try again.")
+
+    return retrying(f"The lease of {mac} in network {vni}", attempt)
 
 
 def children(core: Cluster, path: str) -> list[str]:
@@ -207,6 +223,9 @@ def lease_file_lines(core: Cluster, vni: str) -> list[str]:
 def dhcp_host_lines(core: Cluster, vni: str) -> list[str]:
     """The network's static reservations as dnsmasq ``--dhcp-hostsfile`` lines
     (``<mac>,<ip>[,<hostname>]``), read from ``dhcp4_reservations``."""
+    # For the node agent, which writes them to its dnsmasq's --dhcp-hostsfile: the original's
+    # daemon read the misspelt ``dhcp_reservations`` (its bug D1), so reservations never reached
+    # dnsmasq. Nothing in this package calls it; tests/test_ops_lease.py pins its output.
     _network_entries(core, vni, [])
     lines = []
     for mac, reservation in read_reservations(core, vni).items():

@@ -68,13 +68,14 @@ def _node_exists(core: Cluster, node: str) -> bool:
 
 
 def check_target(core: Cluster, node: str, running: bool) -> None:
-    """A running VM can only go to a node whose daemon runs and that is ready."""
-    if not running:
-        return
-    state = read_nodes(core, [node], ("daemonstate", "domainstate")).get(node)
+    """The node must exist; a running VM can only go to one whose daemon runs and that is ready."""
+    try:
+        state = read_nodes(core, [node], ("daemonstate", "domainstate")).get(node)
+    except InvalidArgument:
+        state = None  # a name that cannot be a node (a foreign tree's lastnode) is no node
     if state is None:
         raise InvalidState(f"Node {quote(node)} does not exist.")
-    if state["daemonstate"] != "run" or state["domainstate"] != "ready":
+    if running and (state["daemonstate"] != "run" or state["domainstate"] != "ready"):
         raise InvalidState(f"Node {quote(node)} cannot take a running VM: its daemon is "
                            f"{state['daemonstate']} and it is {state['domainstate']}.")
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from pvc.lib import schema
-from pvc.lib.core import Cluster
-from pvc.lib.errors import InvalidArgument, InvalidState, NotFound, quote
+from pvc.lib.core import Cluster, not_initialised
+from pvc.lib.errors import InvalidArgument, NotFound, quote
 from pvc.lib.store import Entry
 from pvc.lib.vm_xml import DomainXml, ParsedCache, canonical_uuid
 
@@ -49,15 +49,11 @@ class Vm:
         return self.value("lastnode") or ""
 
 
-def uninitialised(core: Cluster) -> InvalidState:
-    return InvalidState(f"The cluster in {core.store.describe()} is not initialised; run 'pvc init'.")
-
-
 def vm_uuids(core: Cluster) -> list[str]:
     try:
         return core.store.children(schema.DOMAINS)
     except NotFound:
-        raise uninitialised(core) from None
+        raise not_initialised(core) from None
 
 
 def read_vms(core: Cluster, uuids: list[str], fields: tuple[str, ...]) -> list[Vm]:

@@ -17,7 +17,6 @@ ID stays when ``DNSMASQ_CLIENT_ID`` is not given then.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import time
 
@@ -25,6 +24,7 @@ import click
 
 from pvc.cli.context import CliContext
 from pvc.cli.errors import CommandFailed
+from pvc.lib.core import Cluster
 from pvc.lib.errors import InvalidArgument, PvcError
 
 #: Events that change leases, the start-up event, and events dnsmasq may also send that carry no
@@ -34,25 +34,18 @@ IGNORED = ("tftp", "arp", "arp-add", "arp-old", "arp-del", "relay-snoop")
 INTERFACE_VARIABLES = ("DNSMASQ_BRIDGE_INTERFACE", "DNSMASQ_INTERFACE")
 
 
-def _network(core: object, network: str | None) -> str:
+def _network(core: Cluster, network: str | None) -> str:
     from pvc.lib.dhcp_leases import vni_of_bridge
     from pvc.lib.ops.network import resolve_vni
 
     if network:
-        return resolve_vni(core, network)  # type: ignore[arg-type]
+        return resolve_vni(core, network)
     for name in INTERFACE_VARIABLES:
         interface = os.environ.get(name)
         if interface:
-            return resolve_vni(core, vni_of_bridge(interface))  # type: ignore[arg-type]
+            return resolve_vni(core, vni_of_bridge(interface))
     raise InvalidArgument("No network: give --network, or run from dnsmasq with DNSMASQ_BRIDGE_INTERFACE or "
                           "DNSMASQ_INTERFACE set to the network's bridge (vmbr<vni>).")
-
-
-def _is_ipv6(text: str | None) -> bool:
-    try:
-        return ipaddress.ip_address(text or "").version == 6
-    except ValueError:
-        return False
 
 
 @click.command("hook")
@@ -72,8 +65,9 @@ def lease_hook(ctx: click.Context, action: str, mac: str | None, ip: str | None,
     (without HOSTNAME it has none; `old` at start-up, with DNSMASQ_DATA_MISSING set, keeps the
     recorded client ID when DNSMASQ_CLIENT_ID is not set), `del` removes it, and `init`
     prints the recorded leases in dnsmasq's lease-file format.
-    Point --dhcp-script at a wrapper such as `exec pvc network lease hook "$@"`, and start
-    dnsmasq with --leasefile-ro. DHCPv6 events and TFTP/ARP events are ignored.
+    Point --dhcp-script at a wrapper such as `exec pvc network lease hook --network 100 "$@"`
+    (one per network: dnsmasq names no interface for `init`), and start dnsmasq with
+    --leasefile-ro. DHCPv6 events and TFTP/ARP events are ignored.
     """
     if action in IGNORED:
         return
@@ -81,8 +75,6 @@ def lease_hook(ctx: click.Context, action: str, mac: str | None, ip: str | None,
         raise click.UsageError(f"'{action}' needs MAC and IP arguments.", ctx)
     if action == "init" and mac is not None:
         raise click.UsageError("'init' takes no further arguments.", ctx)
-    if action in LEASE_EVENTS and _is_ipv6(ip):
-        return  # a DHCPv6 lease (MAC is then a DUID); only DHCPv4 leases are recorded
     from pvc.lib import dhcp_leases
 
     core = ctx.find_object(CliContext).core()
@@ -91,14 +83,16 @@ def lease_hook(ctx: click.Context, action: str, mac: str | None, ip: str | None,
         if action == "init":
             for line in dhcp_leases.lease_file_lines(core, vni):
                 click.echo(line)
-        elif action == "del":
-            dhcp_leases.forget_lease(core, vni, mac)  # type: ignore[arg-type]
+            return
+        assert mac is not None and ip is not None  # a lease event: checked above
+        if action == "del":
+            dhcp_leases.forget_lease(core, vni, mac, ip)
         else:
             expiry = dhcp_leases.lease_expiry(os.environ.get("DNSMASQ_LEASE_EXPIRES"),
                                               os.environ.get("DNSMASQ_LEASE_LENGTH"), time.time())
             clientid = os.environ.get("DNSMASQ_CLIENT_ID") or None
             restarted = action == "old" and bool(os.environ.get("DNSMASQ_DATA_MISSING"))
-            dhcp_leases.record_lease(core, vni, mac, ip, hostname or None, expiry,  # type: ignore[arg-type]
+            dhcp_leases.record_lease(core, vni, mac, ip, hostname or None, expiry,
                                      clientid, keep_clientid=restarted and clientid is None)
     except PvcError as e:
         raise CommandFailed(e) from None

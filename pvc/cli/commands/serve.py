@@ -45,8 +45,13 @@ def serve(obj: CliContext, listen: str | None, routes: bool) -> None:
         from pvc.lib.registry import load_all
         from pvc.server.routes import route_table
 
+        from pvc.server.app import PLANNED
+        from pvc.server.routes import PREFIX
+
         for method, path, name in route_table(load_all()):
             click.echo(f"{method:<7}{path:<48}{name}")
+        for (method, path) in PLANNED:  # the manual's planned routes, which answer 501
+            click.echo(f"{method:<7}{PREFIX + path:<48}(501: not implemented)")
         return
     settings = obj.settings()
     if listen:

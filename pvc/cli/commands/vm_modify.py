@@ -12,7 +12,7 @@ from typing import IO
 
 import click
 
-from pvc.cli.build import read_text
+from pvc.cli.build import click_param, read_text
 from pvc.cli.context import CliContext
 from pvc.cli.errors import CommandFailed
 from pvc.cli.render import Paint, use_colour
@@ -63,24 +63,8 @@ def diff(old: str, new: str, paint: Paint) -> str:
     return "\n".join(lines)
 
 
-@click.command("modify")
-@click.argument("vm", metavar="VM")
-@click.argument("file", metavar="[FILE]", type=click.File("rb"), required=False)
-@click.option("-e", "--editor", "use_editor", is_flag=True, help="Edit the current XML in $EDITOR (default vi).")
-@click.option("-r", "--restart", is_flag=True, help="Restart the VM (if it runs) so the new XML takes effect.")
 @click.pass_context
-def modify(ctx: click.Context, vm: str, file: IO[bytes] | None, use_editor: bool, restart: bool) -> None:
-    """Replace the libvirt XML of a VM.
-
-    The UUID must stay the same; a new <name> renames the VM (refused when the name is taken).
-    With --restart, a running VM is restarted so the change takes effect; otherwise it applies
-    at the VM's next start.
-
-    \b
-    Arguments:
-      VM        Name or UUID of the VM.
-      FILE      File with the new XML, or - for stdin (or use --editor).
-    """
+def _modify(ctx: click.Context, vm: str, file: IO[bytes] | None, use_editor: bool, restart: bool) -> None:
     if file is not None and use_editor:
         raise click.UsageError("Give either FILE or --editor, not both.", ctx)
     if file is None and not use_editor:
@@ -101,3 +85,20 @@ def modify(ctx: click.Context, vm: str, file: IO[bytes] | None, use_editor: bool
         click.echo(modify_vm(core, vm, new, restart=restart))
     except PvcError as e:
         raise CommandFailed(e) from None
+
+
+def _command() -> click.Command:
+    """The command, with the VM argument, --restart and the help text of the operation's declaration
+    (so they say the same as `PUT /api/v1/vm/<vm>`), plus FILE and --editor."""
+    op = modify_vm.operation  # type: ignore[attr-defined]
+    vm, restart = click_param(op.param("vm")), click_param(op.param("restart"))
+    file = click.Argument(["file"], metavar="[FILE]", type=click.File("rb"), required=False)
+    editor = click.Option(["-e", "--editor", "use_editor"], is_flag=True,
+                          help="Edit the current XML in $EDITOR (default vi), see the change, then confirm.")
+    text = (op.help + "\n\nArguments:\n\n\b\n  VM        " + op.param("vm").help
+            + "\n  FILE      File with the new XML, or - for stdin (or use --editor).")
+    return click.Command("modify", params=[vm, file, editor, restart], callback=_modify, help=text,
+                         short_help=op.summary)
+
+
+modify = _command()

@@ -17,22 +17,21 @@ from typing import Any
 
 from pvc.lib import schema
 from pvc.lib.core import Cluster
+from pvc.lib.dhcp_leases import children
 from pvc.lib.errors import AlreadyExists, Conflict, InvalidArgument, NotFound, quote
 from pvc.lib.match import select
-from pvc.lib.ops.network import resolve_vni
+from pvc.lib.ops.network import NETWORK_ARG, resolve_vni
 from pvc.lib.registry import Param, operation
+from pvc.lib.retry import ReadAgain, commit, retrying
 from pvc.lib.store import Create, Delete, Entry, Op, Set
 
 DIRECTIONS = schema.ACL_DIRECTIONS
 #: Bound on the rule text; an nft rule line is far shorter.
 MAX_RULE_BYTES = 4096
-#: Commits tried before a busy direction is reported as a conflict.
-ATTEMPTS = 10
 #: Unicode categories refused in a rule: controls (newlines included), format characters,
 #: surrogates and the line/paragraph separators.
 _BAD_CATEGORIES = ("Cc", "Cf", "Cs", "Zl", "Zp")
 
-NETWORK_ARG = Param("VNI or description of the network.", positional=True, complete="network")
 DIRECTION_HELP = "Direction of the rule: in or out."
 #: The original's `--in` / `--out` (its §5.2), the same as `--direction in|out`.
 DIRECTION_FLAGS = (("--in", "in"), ("--out", "out"))
@@ -78,12 +77,7 @@ def _read_rules(core: Cluster, vni: str, directions: tuple[str, ...], fields: tu
 
     Rules are sorted by their numeric order; a rule whose order is missing or not a number (a
     hand-edited tree) goes last, by description."""
-    names: dict[str, list[str]] = {}
-    for d in directions:
-        try:
-            names[d] = core.store.children(schema.acl_direction(vni, d))
-        except NotFound:
-            names[d] = []
+    names = {d: children(core, schema.acl_direction(vni, d)) for d in directions}
     paths = [schema.acl_key(vni, d, n, f) for d in directions for n in names[d] for f in fields]
     entries = core.store.get_many(paths) if paths else {}
     found = {}
@@ -210,7 +204,8 @@ def add_acl(core: Cluster, network: str, description: str, direction: str, rule:
     if order is not None and (isinstance(order, bool) or not isinstance(order, int) or order < 0):
         raise InvalidArgument(f"Invalid order {quote(order)}: it must be a whole number, 0 or more.")
     vni = resolve_vni(core, network)
-    for _ in range(ATTEMPTS):
+
+    def attempt() -> str:
         guard, _ = _direction_key(core, vni, direction, network)
         rules = _read_rules(core, vni, (direction,), ("order",))[direction]
         if any(n == description for n, _ in rules):
@@ -218,17 +213,15 @@ def add_acl(core: Cluster, network: str, description: str, direction: str, rule:
                                 f"{quote(direction)} of network {quote(network)}.")
         position = len(rules) if order is None or order > len(rules) else order
         renumber = _renumber(vni, direction, [*rules[:position], None, *rules[position:]])
-        try:
-            core.store.commit(guard + [
-                Create(schema.acl(vni, direction, description), ""),
-                Create(schema.acl_key(vni, direction, description, "order"), str(position)),
-                Create(schema.acl_key(vni, direction, description, "rule"), rule),
-            ] + renumber)
-        except (Conflict, AlreadyExists, NotFound):
-            continue  # a concurrent writer got there first: read again (a removed network says so then)
+        # A concurrent writer got there first: read again (a removed network says so then).
+        commit(core.store, guard + [
+            Create(schema.acl(vni, direction, description), ""),
+            Create(schema.acl_key(vni, direction, description, "order"), str(position)),
+            Create(schema.acl_key(vni, direction, description, "rule"), rule),
+        ] + renumber, Conflict, AlreadyExists, NotFound)
         return f"Firewall rule {quote(description)} added successfully!"
-    raise Conflict(f"The {quote(direction)} rules of network {quote(network)} kept changing while adding "
-                   f"{quote(description)}; nothing was written, try again.")
+
+    return retrying(f"The {quote(direction)} rules of network {quote(network)}", attempt)
 
 
 @operation("network acl", "remove", "DELETE", "/network/<network>/acl/<acl>", destructive=True,
@@ -246,7 +239,8 @@ def remove_acl(core: Cluster, network: str, acl: str, direction: str) -> str:
     schema.validate_name("ACL description", acl)
     vni = resolve_vni(core, network)
     path = schema.acl(vni, direction, acl)
-    for _ in range(ATTEMPTS):
+
+    def attempt() -> str:
         guard, entry = _direction_key(core, vni, direction, network)
         rules = _read_rules(core, vni, (direction,), ("order",))[direction] if entry is not None else []
         if not any(n == acl for n, _ in rules):
@@ -255,12 +249,10 @@ def remove_acl(core: Cluster, network: str, acl: str, direction: str) -> str:
         try:
             keys = core.store.subtree(path)
         except NotFound:
-            continue  # removed meanwhile; the next read says so
+            raise ReadAgain() from None  # removed meanwhile; the next read says so
         remaining = [(n, fields) for n, fields in rules if n != acl]
-        try:
-            core.store.commit(guard + [Delete(k) for k in reversed(keys)] + _renumber(vni, direction, remaining))
-        except (Conflict, NotFound):
-            continue
+        commit(core.store, guard + [Delete(k) for k in reversed(keys)] + _renumber(vni, direction, remaining),
+               Conflict, NotFound)
         return f"Firewall rule {quote(acl)} removed successfully!"
-    raise Conflict(f"The {quote(direction)} rules of network {quote(network)} kept changing while removing "
-                   f"{quote(acl)}; nothing was written, try again.")
+
+    return retrying(f"The {quote(direction)} rules of network {quote(network)}", attempt)

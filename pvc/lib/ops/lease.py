@@ -20,9 +20,9 @@ from pvc.lib.match import select
 from pvc.lib.network_rules import host_address
 from pvc.lib.ops.network import NETWORK_ARG, descriptions, optional, resolve_vni
 from pvc.lib.registry import Param, operation
+from pvc.lib.retry import commit, retrying
 from pvc.lib.store import Check, Create, Delete, Op, Set
 
-ATTEMPTS = 8
 HOSTNAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.")
 
 LEASE_ARG = Param("MAC address of the lease or reservation.", positional=True)
@@ -115,7 +115,8 @@ def add_lease(core: Cluster, network: str, macaddress: str, ipaddress: str, host
     mac = normalise_mac(macaddress)
     address = ipv4_address("ipaddress", ipaddress)
     name = _check_hostname(hostname)
-    for _ in range(ATTEMPTS):
+
+    def attempt() -> str:
         vni = resolve_vni(core, network)
         container = schema.network_key(vni, "dhcp4_reservations")
         net_key, gw_key = schema.network_key(vni, "ip4_network"), schema.network_key(vni, "ip4_gateway")
@@ -145,12 +146,11 @@ def add_lease(core: Cluster, network: str, macaddress: str, ipaddress: str, host
             Create(schema.reservation_key(vni, mac, "ipaddr"), str(address)),
             Create(schema.reservation_key(vni, mac, "hostname"), name or UNSET),
         ]
-        try:
-            core.store.commit(ops)
-        except (Conflict, AlreadyExists, NotFound):
-            continue  # read again: the other writer's reservation (or a removed network) decides
+        # Lost a race: read again, and the other writer's reservation (or a removed network) decides.
+        commit(core.store, ops, Conflict, AlreadyExists, NotFound)
         return f"Static DHCP reservation of {address} for {quote(mac)} added to {label}."
-    raise Conflict(f"Reservations of network {quote(network)} kept changing; nothing was added, try again.")
+
+    return retrying(f"The reservations of network {quote(network)}", attempt)
 
 
 @operation(
@@ -164,7 +164,8 @@ def remove_lease(core: Cluster, network: str, lease: str) -> str:
     Dynamic leases belong to the DHCP server and cannot be removed.
     """
     mac = normalise_mac(lease)
-    for _ in range(ATTEMPTS):
+
+    def attempt() -> str:
         vni = resolve_vni(core, network)
         try:
             keys = core.store.subtree(schema.reservation(vni, mac))
@@ -174,9 +175,7 @@ def remove_lease(core: Cluster, network: str, lease: str) -> str:
                 raise NotFound(f"MAC {quote(mac)} has a dynamic lease but no static reservation in {label}; "
                                "dynamic leases are managed by the DHCP server.") from None
             raise NotFound(f"No static reservation for MAC {quote(mac)} in {label}.") from None
-        try:
-            core.store.commit([Delete(k) for k in reversed(keys)])
-        except (Conflict, NotFound):
-            continue
+        commit(core.store, [Delete(k) for k in reversed(keys)], Conflict, NotFound)
         return f"Static DHCP reservation {quote(mac)} removed from {_label(core, vni)}."
-    raise Conflict(f"The reservation {quote(mac)} kept changing; nothing was removed, try again.")
+
+    return retrying(f"The reservation {quote(mac)} in network {quote(network)}", attempt)

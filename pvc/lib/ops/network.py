@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from pvc.lib import schema
-from pvc.lib.core import Cluster
+from pvc.lib.core import Cluster, not_initialised
 from pvc.lib.errors import AlreadyExists, Conflict, InvalidState, NotFound, quote
 from pvc.lib.match import select_any
 from pvc.lib.network_rules import (
@@ -26,11 +26,9 @@ from pvc.lib.network_rules import (
     vni_number,
 )
 from pvc.lib.registry import Param, completer, operation
+from pvc.lib.retry import ReadAgain, commit, retrying
 from pvc.lib.store import Check, Create, Delete, Entry, Op, Set
 from pvc.lib.store.base import delete_batches
-
-#: How often a write that lost a race is re-read and tried again.
-ATTEMPTS = 8
 
 NETWORK_ARG = Param("VNI or description of the network.", positional=True, complete="network")
 
@@ -43,7 +41,7 @@ def network_vnis(core: Cluster) -> list[str]:
     try:
         return sorted(core.store.children(schema.NETWORKS), key=lambda v: (len(v), v))
     except NotFound:
-        raise InvalidState(f"The cluster in {core.store.describe()} is not initialised; run 'pvc init'.") from None
+        raise not_initialised(core) from None
 
 
 def descriptions(core: Cluster, vnis: list[str]) -> dict[str, str]:
@@ -153,7 +151,7 @@ def _blank(value: str | None) -> str | None:
 def _parent(core: Cluster) -> Entry:
     entry = core.store.get_many([schema.NETWORKS])[schema.NETWORKS]
     if entry is None:
-        raise InvalidState(f"The cluster in {core.store.describe()} is not initialised; run 'pvc init'.")
+        raise not_initialised(core)
     return entry
 
 
@@ -219,7 +217,8 @@ def add_network(core: Cluster, vni: int, description: str, nettype: str, domain:
              "dhcp4_start": _blank(dhcp4_start), "dhcp4_end": _blank(dhcp4_end)}
     values, notes = check_network(number, state)
     key = str(number)
-    for _ in range(ATTEMPTS):
+
+    def attempt() -> str:
         parent = _parent(core)
         if core.store.exists(schema.network(key)):
             raise AlreadyExists(f"A network with VNI {key} already exists.")
@@ -229,12 +228,10 @@ def add_network(core: Cluster, vni: int, description: str, nettype: str, domain:
         ops += [Create(schema.network_key(key, f), values[f]) for f in schema.NETWORK_FIELDS]
         ops += [Create(schema.network_key(key, c), "") for c in schema.NETWORK_CONTAINERS]
         ops += [Create(schema.acl_direction(key, d), "") for d in schema.ACL_DIRECTIONS]
-        try:
-            core.store.commit(ops)
-        except (Conflict, AlreadyExists):
-            continue  # another writer got in between: read again
+        commit(core.store, ops, Conflict, AlreadyExists)  # another writer got in between: read again
         return _with_notes(f"Network {quote(description)} (VNI {key}) added", notes)
-    raise Conflict(f"Networks kept changing while adding VNI {key}; nothing was added, try again.")
+
+    return retrying("The list of networks", attempt)
 
 
 @operation(
@@ -263,12 +260,13 @@ def modify_network(core: Cluster, network: str, description: str | None = None, 
                "ip6_gateway": ip6_gateway, "dhcp4_start": dhcp4_start, "dhcp4_end": dhcp4_end}
     if description is not None:
         check_description(description)
-    for _ in range(ATTEMPTS):
+
+    def attempt() -> str:
         vni = resolve_vni(core, network)
         parent = _parent(core)
         found = read_networks(core, [vni]).get(vni)
         if found is None:
-            continue  # removed in between: resolve again (and fail)
+            raise ReadAgain()  # removed in between: resolve again (and fail)
         stored = _values(found)
         state: dict[str, Any] = {"description": stored[""], "nettype": stored["nettype"],
                                  "domain": optional(stored["domain"]), "dhcp4": flag(stored["dhcp4_flag"]),
@@ -306,12 +304,10 @@ def modify_network(core: Cluster, network: str, description: str | None = None, 
         if values[""] != stored[""]:
             _description_taken(core, values[""], vni)
             ops.append(Set(schema.NETWORKS, parent.value, parent.version))  # concurrent renames conflict here
-        try:
-            core.store.commit(ops)
-        except (Conflict, AlreadyExists, NotFound):
-            continue
+        commit(core.store, ops, Conflict, AlreadyExists, NotFound)
         return _with_notes(f"{label} modified", notes)
-    raise Conflict(f"Network {quote(network)} kept changing while modifying it; nothing was changed, try again.")
+
+    return retrying(f"Network {quote(network)}", attempt)
 
 
 def _reservations_fit(core: Cluster, vni: str, values: dict[str, str], label: str) -> list[Op]:
@@ -340,9 +336,9 @@ def _reservations_fit(core: Cluster, vni: str, values: dict[str, str], label: st
     return [Check(container, entry.version)]
 
 
-def _fits(keys: list[str]) -> bool:
+def _fits(core: Cluster, keys: list[str]) -> bool:
     """Whether deleting ``keys`` fits in one commit (its batches leave ample room for the guard)."""
-    return len(delete_batches(keys)) == 1
+    return len(delete_batches(keys, core.store.path_prefix)) == 1
 
 
 def _clear_large_containers(core: Cluster, vni: str, keys: list[str]) -> None:
@@ -353,10 +349,10 @@ def _clear_large_containers(core: Cluster, vni: str, keys: list[str]) -> None:
     containers = [schema.network_key(vni, "dhcp4_leases"), schema.network_key(vni, "dhcp4_reservations"),
                   *(schema.acl_direction(vni, d) for d in schema.ACL_DIRECTIONS)]
     for container in containers:
-        if _fits(keys):
+        if _fits(core, keys):
             return
         inside = [k for k in keys if k.startswith(container + "/")]
-        for batch in delete_batches(inside):
+        for batch in delete_batches(inside, core.store.path_prefix):
             core.store.commit(batch)
         keys = [k for k in keys if not k.startswith(container + "/")]
 
@@ -365,26 +361,25 @@ def _clear_large_containers(core: Cluster, vni: str, keys: list[str]) -> None:
 def remove_network(core: Cluster, network: str) -> str:
     """Remove a virtual network with its leases, reservations and ACLs.
 
-    Refused while a VM is attached to the network's bridge (vmbr<vni>). A VM attached at the same
-    moment (`vm define` or `vm modify` racing the removal) is not seen: VM changes do not check
-    that their bridges' networks exist.
-
-    The network goes in one commit when it fits in one. A network too large for one (thousands
-    of dynamic leases) first loses the contents of its leases, then if needed its reservations and
-    ACLs, in several commits, once the checks that can refuse the removal have passed; the rest
-    then goes in one final commit, with the same guard. A removal interrupted in between leaves a
-    network without (some of) its leases: harmless, as the network is being removed, and running
-    the removal again finishes it.
+    Refused while a VM is attached to the network's bridge (vmbr<vni>). An interrupted removal
+    may leave the network without some of its leases; running it again finishes it.
     """
-    # The remaining window, and why it is not closed here: the commit checks /domains at the
-    # version read before the VMs, so a `vm define` landing in between fails the removal, which
-    # reads again. `vm modify` bumps /domains only on a rename; checking every VM's XML version
-    # here would catch a modify landing between our read and our write, but not one landing just
-    # after our write, and that ends in the same state (network gone, a VM on its bridge). Only
-    # the VM side can close it, by checking /networks/<vni> in its own commit.
+    # The network goes in one commit when it fits in one. A network too large for one (thousands
+    # of dynamic leases) first loses the contents of its leases, then if needed its reservations
+    # and ACLs, in several commits, once the checks that can refuse the removal have passed; the
+    # rest then goes in one final commit, with the same guard. A removal interrupted in between
+    # leaves a network without (some of) its leases: harmless, as the network is being removed.
+    #
+    # A VM attached at the same moment (`vm define` or `vm modify` racing the removal) is not
+    # always seen: VM changes do not check that their bridges' networks exist. The commit checks
+    # /domains at the version read before the VMs, so a `vm define` landing in between fails the
+    # removal, which reads again. `vm modify` bumps /domains only on a rename; checking every VM's
+    # XML version here would catch a modify landing between our read and our write, but not one
+    # landing just after our write, and that ends in the same state (network gone, a VM on its
+    # bridge). Only the VM side can close it, by checking /networks/<vni> in its own commit.
     from pvc.lib.vm_records import vms_using_bridge  # VM parsing loads only when needed
 
-    for _ in range(ATTEMPTS):
+    def attempt() -> str:
         vni = resolve_vni(core, network)
         domains = core.store.get_many([schema.DOMAINS])[schema.DOMAINS]
         label = f"Network {quote(descriptions(core, [vni]).get(vni, network))} (VNI {vni})"
@@ -394,19 +389,17 @@ def remove_network(core: Cluster, network: str) -> str:
                                f"(bridge vmbr{vni}); detach them first.")
         try:
             keys = core.store.subtree(schema.network(vni))
-            if not _fits(keys):
-                # Nothing above refused the removal: the large contents go first, in batches;
-                # then read (and check) again, and the rest goes in one commit.
+            large = not _fits(core, keys)
+            if large:  # nothing above refused the removal: the large contents go first, in batches
                 _clear_large_containers(core, vni, keys)
-                continue
         except (Conflict, NotFound):
-            continue  # removed, or leases changing meanwhile: read again
+            raise ReadAgain() from None  # removed, or leases changing meanwhile: read again
+        if large:
+            raise ReadAgain()  # then read (and check) again, and the rest goes in one commit
         ops: list[Op] = [Delete(k) for k in reversed(keys)]
         if domains is not None:  # a VM defined meanwhile (which writes /domains) makes this fail and re-check
             ops.insert(0, Check(schema.DOMAINS, domains.version))
-        try:
-            core.store.commit(ops)
-        except (Conflict, NotFound):
-            continue
+        commit(core.store, ops, Conflict, NotFound)
         return f"{label} removed."
-    raise Conflict(f"Network {quote(network)} kept changing while removing it; it was not removed, try again.")
+
+    return retrying(f"Network {quote(network)}", attempt)

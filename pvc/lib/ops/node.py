@@ -11,7 +11,7 @@ import socket
 from typing import Any
 
 from pvc.lib import schema
-from pvc.lib.core import Cluster
+from pvc.lib.core import Cluster, not_initialised
 from pvc.lib.errors import Conflict, InvalidState, NotFound, quote
 from pvc.lib.match import select
 from pvc.lib.registry import Param, Variant, completer, operation
@@ -79,7 +79,7 @@ def node_names(core: Cluster) -> list[str]:
     try:
         return core.store.children(schema.NODES)
     except NotFound:
-        raise InvalidState(f"The cluster in {core.store.describe()} is not initialised; run 'pvc init'.") from None
+        raise not_initialised(core) from None
 
 
 def read_nodes(core: Cluster, names: list[str], fields: tuple[str, ...] = schema.NODE_FIELDS) -> dict[str, dict[str, str | None]]:
@@ -160,8 +160,12 @@ def get_domain_state(core: Cluster, node: str) -> dict[str, Any]:
         "state": Param("The new coordinator state.", kind="choice", choices=("primary", "secondary"), http="coordinator-state"),
     },
     variants=(
-        Variant("primary", {"state": "primary"}, "Make a coordinator node the primary coordinator."),
-        Variant("secondary", {"state": "secondary"}, "Make the primary coordinator node a secondary one."),
+        Variant("primary", {"state": "primary"},
+                "Make a coordinator node the primary coordinator.\n\nThe node must be a coordinator whose daemon "
+                "runs; /primary_node moves to it. Asking again changes nothing."),
+        Variant("secondary", {"state": "secondary"},
+                "Make the primary coordinator node a secondary one.\n\n/primary_node is cleared so that another "
+                "coordinator takes over. Asking again changes nothing."),
     ),
 )
 def set_coordinator_state(core: Cluster, node: str, state: str) -> str:
@@ -182,7 +186,7 @@ def set_coordinator_state(core: Cluster, node: str, state: str) -> str:
         state_text = quote(daemon.value) if daemon else "unknown"
         raise InvalidState(f"Node {quote(node)} is not running (its daemon state is {state_text}).")
     if primary is None:
-        raise InvalidState(f"The cluster in {core.store.describe()} is not initialised; run 'pvc init'.")
+        raise not_initialised(core)
     if state == "primary":
         if primary.value == node:
             return f"Node {quote(node)} is already the primary coordinator; nothing changed."
@@ -232,8 +236,14 @@ def wait_domain_state(core: Cluster, node: str, state: str, timeout: float | Non
         "state": Param("The new domain state.", kind="choice", choices=tuple(DOMAIN_REQUESTS), http="domain-state"),
     },
     variants=(
-        Variant("flush", {"state": "flush"}, "Flush a node: move its running VMs away.", wait=wait_domain_state),
-        Variant("ready", {"state": "ready"}, "Return a flushed node to service.", aliases=("unflush",), wait=wait_domain_state),
+        Variant("flush", {"state": "flush"},
+                "Flush a node: move its running VMs away.\n\nWrites `flush` for the node agent to carry out; "
+                "it reports `flushed` when done (--wait waits for that). A flushed node changes nothing.",
+                wait=wait_domain_state),
+        Variant("ready", {"state": "ready"},
+                "Return a flushed node to service.\n\nWrites `unflush` for the node agent to carry out; it "
+                "reports `ready` when done (--wait waits for that). A ready node changes nothing.",
+                aliases=("unflush",), wait=wait_domain_state),
     ),
 )
 def set_domain_state(core: Cluster, node: str, state: str) -> str:

@@ -8,17 +8,18 @@ node; the agent of the VM's node carries it out (start, stop, live migration).
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from typing import Any
 
 from pvc.lib import schema
 from pvc.lib.config import SELECTORS
-from pvc.lib.core import Cluster
+from pvc.lib.core import Cluster, not_initialised
 from pvc.lib.errors import AlreadyExists, Conflict, InvalidArgument, InvalidState, NotFound, quote
 from pvc.lib.match import select_any
 from pvc.lib.placement import check_target, choose_node
 from pvc.lib.registry import Param, Variant, completer, operation
+from pvc.lib.retry import retrying
 from pvc.lib.store import Check, Create, Delete, Entry, Set
-from pvc.lib.vm_records import OBJECT_FIELDS, Vm, find_vm, read_vms, uninitialised, vm_object, vm_uuids
+from pvc.lib.vm_records import OBJECT_FIELDS, Vm, find_vm, read_vms, vm_object, vm_uuids
 from pvc.lib.vm_xml import DomainXml, canonical_uuid, check_size, read
 
 #: States a VM can be asked for, and those the list filter accepts.
@@ -30,8 +31,6 @@ NODE_ACTIONS = ("migrate", "unmigrate")
 BUSY_STATES = ("migrate", "restart", "shutdown")
 #: The UUID spellings libvirt reads in <uuid> (no braces, no urn: prefix).
 LIBVIRT_UUID = re.compile(r"[0-9a-fA-F]{8}(-?[0-9a-fA-F]{4}){3}-?[0-9a-fA-F]{12}")
-#: How many times a write that lost a race is re-read and tried again.
-ATTEMPTS = 10
 
 VM_ARG = Param("Name or UUID of the VM.", positional=True, complete="vm")
 NODE_OPT = Param("Node to use; one that does not exist means automatic selection.", short="-t", complete="node",
@@ -130,18 +129,8 @@ def _names_in_use(core: Cluster) -> tuple[Entry, dict[str, str]]:
     """The /domains entry (its version guards name uniqueness) and every VM's name → UUID."""
     root = core.store.get_many([schema.DOMAINS])[schema.DOMAINS]
     if root is None:
-        raise uninitialised(core)
+        raise not_initialised(core)
     return root, {v.name: v.uuid for v in read_vms(core, vm_uuids(core), ())}
-
-
-def _retrying(what: str, attempt: Callable[[], str]) -> str:
-    """Run a read-check-commit ``attempt`` again when a concurrent writer won the race."""
-    for _ in range(ATTEMPTS):
-        try:
-            return attempt()
-        except Conflict:
-            continue
-    raise Conflict(f"{what} kept changing concurrently; nothing was changed, try again.")
 
 
 @operation(
@@ -180,7 +169,7 @@ def define_vm(core: Cluster, xml: str, node: str | None = None, selector: str | 
             raise AlreadyExists(f"A VM with UUID {quote(doc.uuid)} already exists.") from None
         return f"Defined VM {quote(doc.name)} with UUID {quote(doc.uuid)} on node {quote(target)}{note}."
 
-    return _retrying("The list of VMs", attempt)
+    return retrying("The list of VMs", attempt)
 
 
 @operation(
@@ -222,7 +211,7 @@ def modify_vm(core: Cluster, vm: str, xml: str, restart: bool = False) -> str:
             " Restart it for the change to take effect."
         return f"Modified VM {quote(doc.name)}{renamed}.{later if current.state != 'stop' or restart else ''}"
 
-    return _retrying(f"VM {quote(vm)}", attempt)
+    return retrying(f"VM {quote(vm)}", attempt)
 
 
 def _commit(core: Cluster, ops: list[Any], vm: str) -> None:
@@ -253,8 +242,12 @@ def _put(vm: Vm, field: str, value: str) -> Create | Set:
         "delete_disks": Param("Also remove the VM's RBD volumes.", kind="flag"),
     },
     variants=(
-        Variant("undefine", {"delete_disks": False}, "Stop a VM and remove it from the cluster; its disks are kept."),
-        Variant("remove", {"delete_disks": True}, "Stop a VM and remove it and its RBD disks from the cluster.",
+        Variant("undefine", {"delete_disks": False},
+                "Stop a VM and remove it from the cluster; its disks are kept.\n\nThe VM's keys go in one "
+                "transaction; its node's agent stops the domain when it sees them go."),
+        Variant("remove", {"delete_disks": True},
+                "Stop a VM and remove it and its RBD disks from the cluster.\n\nNot available yet: removing "
+                "disks needs the storage commands, so this fails and removes nothing; use undefine.",
                 destructive=True),
     ),
 )
@@ -266,8 +259,8 @@ def undefine_vm(core: Cluster, vm: str, delete_disks: bool = False) -> str:
     found = find_vm(core, vm, ())
     if delete_disks:
         raise InvalidState(f"Cannot remove the disks of VM {quote(found.name)}: the storage commands are not "
-                           "available in this version of pvc. Nothing was removed; undefine the VM without "
-                           "delete_disks to keep its disks.")
+                           "available in this version of pvc. Nothing was removed; undefine the VM and keep its "
+                           "disks instead (pvc vm undefine, or DELETE without delete_disks).")
 
     def attempt() -> str:
         try:
@@ -281,7 +274,7 @@ def undefine_vm(core: Cluster, vm: str, delete_disks: bool = False) -> str:
             raise Conflict("a key of the VM was removed meanwhile") from None
         return f"Undefined VM {quote(found.name)} ({found.uuid})."
 
-    return _retrying(f"VM {quote(vm)}", attempt)
+    return retrying(f"VM {quote(vm)}", attempt)
 
 
 # --- state and node ---------------------------------------------------------------------------
@@ -291,10 +284,15 @@ def undefine_vm(core: Cluster, vm: str, delete_disks: bool = False) -> str:
     "vm", "set-state", "POST", "/vm/<vm>/state",
     params={"vm": VM_ARG, "state": Param("The state to ask for.", kind="choice", choices=STATE_REQUESTS)},
     variants=(
-        Variant("start", {"state": "start"}, "Start a VM."),
-        Variant("shutdown", {"state": "shutdown"}, "Shut a VM down gracefully (forced off after 90 s)."),
-        Variant("stop", {"state": "stop"}, "Forcibly stop a VM."),
-        Variant("restart", {"state": "restart"}, "Restart a running VM."),
+        Variant("start", {"state": "start"},
+                "Start a VM.\n\nA started VM changes nothing; a VM being migrated must settle first."),
+        Variant("shutdown", {"state": "shutdown"},
+                "Shut a running VM down gracefully (forced off after 90 s).\n\nA stopped VM changes nothing."),
+        Variant("stop", {"state": "stop"},
+                "Forcibly stop a VM.\n\nPossible in any state, also during a migration; a stopped VM changes "
+                "nothing."),
+        Variant("restart", {"state": "restart"},
+                "Restart a running VM.\n\nA VM being restarted changes nothing."),
     ),
 )
 def set_vm_state(core: Cluster, vm: str, state: str) -> str:
@@ -332,11 +330,16 @@ def set_vm_state(core: Cluster, vm: str, state: str) -> str:
     },
     variants=(
         Variant("migrate", {"action": "migrate", "permanent": False},
-                "Migrate a VM to another node, remembering where it came from."),
-        Variant("move", {"action": "migrate", "permanent": True}, "Move a VM to another node for good.",
-                omit=("force",)),
-        Variant("unmigrate", {"action": "unmigrate"}, "Return a migrated VM to the node it came from.",
-                omit=("node", "selector", "permanent", "force")),
+                "Migrate a VM to another node, remembering where it came from.\n\nA running VM is live-migrated; "
+                "a stopped one is only re-homed. The node is NODE if it exists, else the one chosen by SELECTOR "
+                "(default: the cluster's). A VM migrated before needs --force, which keeps its original previous "
+                "node so that unmigrate still leads home."),
+        Variant("move", {"action": "migrate", "permanent": True},
+                "Move a VM to another node for good.\n\nAs migrate, but the previous node is forgotten: the VM is "
+                "not considered migrated.", omit=("force",)),
+        Variant("unmigrate", {"action": "unmigrate"},
+                "Return a migrated VM to the node it came from.\n\nA running VM is live-migrated back; a stopped "
+                "one is only re-homed.", omit=("node", "selector", "permanent", "force")),
     ),
 )
 def set_vm_node(core: Cluster, vm: str, action: str, node: str | None = None, selector: str | None = None,
@@ -378,7 +381,7 @@ def set_vm_node(core: Cluster, vm: str, action: str, node: str | None = None, se
         ops = [_put(found, "node", target), _put(found, "lastnode", lastnode)]
         ops += [_put(found, "state", "migrate")] if running else _guard(found)
         _commit(core, ops, vm)
-        how = "" if running else f" (it is {state}: re-homed, not started)"
+        how = "" if running else f"; it is not running ({quote(state)}), so it is only re-homed"
         return f"{message}{note}{how}."
 
-    return _retrying(f"VM {quote(vm)}", attempt)
+    return retrying(f"VM {quote(vm)}", attempt)

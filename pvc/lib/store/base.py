@@ -91,12 +91,12 @@ def check_ops(ops: Sequence[Op], prefix: int = 0) -> None:
                               f"{MAX_COMMIT_BYTES}.")
 
 
-#: Size of the commits :func:`delete_batches` makes: half the limit, which leaves room for a
-#: chroot of up to 256 bytes in front of each path.
+#: Size of the commits :func:`delete_batches` makes: half the limit, so that a batch stays small
+#: enough for the store to answer quickly.
 DELETE_BATCH_BYTES = MAX_COMMIT_BYTES // 2
 
 
-def delete_batches(keys: Iterable[str], limit: int = DELETE_BATCH_BYTES) -> list[list[Delete]]:
+def delete_batches(keys: Iterable[str], prefix: int = 0, limit: int = DELETE_BATCH_BYTES) -> list[list[Delete]]:
     """Deletes of ``keys`` (whole subtrees, such as :meth:`Store.subtree` gives), cut into
     commits of at most ``limit`` bytes as :func:`check_ops` counts them; one when they all fit.
 
@@ -108,7 +108,7 @@ def delete_batches(keys: Iterable[str], limit: int = DELETE_BATCH_BYTES) -> list
     batch: list[Delete] = []
     size = 0
     for path in sorted(keys, key=lambda p: p.split("/"), reverse=True):
-        cost = op_cost(Delete(path))
+        cost = op_cost(Delete(path), prefix)
         if batch and size + cost > limit:
             batches.append(batch)
             batch, size = [], 0
@@ -137,6 +137,8 @@ class Store:
 
     #: ``zookeeper`` or ``embedded``
     engine = "abstract"
+    #: Bytes the backend sees in front of every path (a ZooKeeper chroot), for size checks.
+    path_prefix = 0
 
     def __init__(self) -> None:
         #: Number of requests sent to the backend (a batch counts once); tests and benchmarks read it.
@@ -204,7 +206,7 @@ class Store:
         one fails (a concurrent writer, the store lost), the keys of the earlier commits are gone
         and the rest of the subtree, with ``path``, is still there; calling it again finishes it.
         """
-        for batch in delete_batches(self.subtree(path)):
+        for batch in delete_batches(self.subtree(path), self.path_prefix):
             self.commit(batch)
 
     # -- change notification ------------------------------------------------------------------

@@ -50,6 +50,7 @@ class ZooKeeperStore(Store):
         super().__init__()
         self.hosts = ",".join(hosts)
         self.chroot = chroot
+        self.path_prefix = len((chroot or "").rstrip("/").encode("utf-8"))
         self.timeout = timeout
         self._connected = threading.Event()
         self._ever_connected = False
@@ -179,7 +180,7 @@ class ZooKeeperStore(Store):
 
     # -- writes -------------------------------------------------------------------------------
     def commit(self, ops: Sequence[Op]) -> None:
-        check_ops(ops, len((self.chroot or "").rstrip("/").encode("utf-8")))
+        check_ops(ops, self.path_prefix)
 
         def apply() -> None:
             txn = self.client.transaction()

@@ -170,6 +170,7 @@ def test_vm_and_network_names_from_the_store(tmp_path: Path, base_env: dict[str,
     config = config_file(tmp_path, path=str(store))
     assert values(complete(f"pvc --config {config} vm start w", base_env)) == ["web1", "web2"]
     assert values(complete(f"pvc --config {config} vm info ", base_env)) == ["db1", "web1", "web2"]
+    assert values(complete(f"pvc --config {config} vm modify we", base_env)) == ["web1", "web2"]
     assert values(complete(f"pvc --config {config} vm migrate web1 --node ", base_env)) == ["hv1"]
     assert values(complete(f"pvc --config {config} vm list --state s", base_env)) == ["start", "shutdown", "stop"]
     assert values(complete(f"pvc --config {config} network info 10", base_env)) == ["100", "1000"]

@@ -256,6 +256,11 @@ def test_hook_ignores_what_is_not_a_dhcpv4_lease(net: Cluster) -> None:
                  ("arp-add", MAC1, "10.1.0.9")):
         result = hook(net, *args, DNSMASQ_INTERFACE="vmbr100")
         assert (result.exit_code, result.output) == (0, ""), args
+    # DHCPv6 events are ignored even where no network could be found for them (dnsmasq may serve
+    # IPv6 on an interface that is no pvc bridge)
+    for env in ({}, {"DNSMASQ_INTERFACE": "eth0"}, {"DNSMASQ_INTERFACE": "vmbr999"}):
+        result = hook(net, "old", "00:01:00:01:2a:bb:cc:dd", "fd00::50", **env)
+        assert (result.exit_code, result.output) == (0, ""), env
     assert snapshot(net) == before
 
 

@@ -77,6 +77,8 @@ def lease_hook(ctx: click.Context, action: str, mac: str | None, ip: str | None,
         raise click.UsageError("'init' takes no further arguments.", ctx)
     from pvc.lib import dhcp_leases
 
+    if action in LEASE_EVENTS and dhcp_leases.is_ipv6(ip):
+        return  # a DHCPv6 lease (the library ignores those too): no need to find the network first
     core = ctx.find_object(CliContext).core()
     try:
         vni = _network(core, network)

@@ -364,19 +364,13 @@ def remove_network(core: Cluster, network: str) -> str:
     Refused while a VM is attached to the network's bridge (vmbr<vni>). An interrupted removal
     may leave the network without some of its leases; running it again finishes it.
     """
-    # The network goes in one commit when it fits in one. A network too large for one (thousands
-    # of dynamic leases) first loses the contents of its leases, then if needed its reservations
-    # and ACLs, in several commits, once the checks that can refuse the removal have passed; the
-    # rest then goes in one final commit, with the same guard. A removal interrupted in between
-    # leaves a network without (some of) its leases: harmless, as the network is being removed.
+    # One commit when the network fits in one. A larger one (thousands of dynamic leases) first
+    # loses its leases (then reservations, ACLs) in batches, once the checks that can refuse the
+    # removal have passed; the rest goes in one final commit with the same guard.
     #
-    # A VM attached at the same moment (`vm define` or `vm modify` racing the removal) is not
-    # always seen: VM changes do not check that their bridges' networks exist. The commit checks
-    # /domains at the version read before the VMs, so a `vm define` landing in between fails the
-    # removal, which reads again. `vm modify` bumps /domains only on a rename; checking every VM's
-    # XML version here would catch a modify landing between our read and our write, but not one
-    # landing just after our write, and that ends in the same state (network gone, a VM on its
-    # bridge). Only the VM side can close it, by checking /networks/<vni> in its own commit.
+    # The commit checks /domains as read before the VMs, so a `vm define` in between makes it read
+    # again. A `vm modify` attaching a VM at the same moment is not seen; it ends as one landing just
+    # after the removal would (a VM on the bridge of no network), which VM changes allow.
     from pvc.lib.vm_records import vms_using_bridge  # VM parsing loads only when needed
 
     def attempt() -> str:

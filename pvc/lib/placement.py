@@ -6,7 +6,6 @@ selection); a running VM only goes to a node whose daemon runs and that is ready
 
 from __future__ import annotations
 
-from pvc.lib import schema
 from pvc.lib.config import SELECTORS
 from pvc.lib.core import Cluster
 from pvc.lib.errors import InvalidArgument, InvalidState, quote
@@ -60,19 +59,16 @@ def select_node(core: Cluster, selector: str | None, exclude: str | None = None)
     return min(candidates, key=lambda n: (_figure(nodes[n][field]), n))
 
 
-def _node_exists(core: Cluster, node: str) -> bool:
+def _node_state(core: Cluster, node: str) -> dict[str, str | None] | None:
+    """The node's daemon and domain state, or None when there is no such node (or the name
+    cannot be a node's: the manual's "not valid")."""
     try:
-        return core.store.exists(schema.node(node))
+        return read_nodes(core, [node], ("daemonstate", "domainstate")).get(node)
     except InvalidArgument:
-        return False  # not even a valid name: the manual's "not valid", i.e. select automatically
+        return None
 
 
-def check_target(core: Cluster, node: str, running: bool) -> None:
-    """The node must exist; a running VM can only go to one whose daemon runs and that is ready."""
-    try:
-        state = read_nodes(core, [node], ("daemonstate", "domainstate")).get(node)
-    except InvalidArgument:
-        state = None  # a name that cannot be a node (a foreign tree's lastnode) is no node
+def _check_state(node: str, state: dict[str, str | None] | None, running: bool) -> None:
     if state is None:
         raise InvalidState(f"Node {quote(node)} does not exist.")
     if running and (state["daemonstate"] != "run" or state["domainstate"] != "ready"):
@@ -80,15 +76,21 @@ def check_target(core: Cluster, node: str, running: bool) -> None:
                            f"{state['daemonstate']} and it is {state['domainstate']}.")
 
 
+def check_target(core: Cluster, node: str, running: bool) -> None:
+    """The node must exist; a running VM can only go to one whose daemon runs and that is ready."""
+    _check_state(node, _node_state(core, node), running)
+
+
 def choose_node(core: Cluster, node: str | None, selector: str | None, exclude: str | None = None,
                 running: bool = False) -> tuple[str, str]:
     """The target node and a note on how it was chosen, as the manual says: a given node that
     exists is used; one that does not means automatic selection with ``selector``."""
     if node:
-        if _node_exists(core, node):
+        state = _node_state(core, node)  # one read tells whether it exists and can take the VM
+        if state is not None:
             if node == exclude:
                 raise InvalidState(f"The VM is already on node {quote(node)}.")
-            check_target(core, node, running)
+            _check_state(node, state, running)
             return node, ""
         chosen = select_node(core, selector, exclude)
         return chosen, f" (node {quote(node)} does not exist; chosen by {selector or core.settings.target_selector})"

@@ -83,6 +83,18 @@ def add_node(core: Cluster) -> Callable[..., str]:
 
 
 @pytest.fixture
+def nodes(core: Cluster, add_node: Callable[..., str]) -> Cluster:
+    """hv1, hv2, hv3 take VMs (hv1 has the least memory allocated, then hv2); hv8 is flushed,
+    hv9's daemon is dead."""
+    add_node("hv1", memalloc=1000)
+    add_node("hv2", memalloc=2000)
+    add_node("hv3", memalloc=3000)
+    add_node("hv8", domain_state="flushed")
+    add_node("hv9", daemon_state="dead")
+    return core
+
+
+@pytest.fixture
 def client(core: Cluster) -> Client:
     from pvc.server.app import create_app
 

@@ -78,17 +78,6 @@ def info_fields(text: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def nodes(core: Cluster, add_node: Callable[..., str]) -> Cluster:
-    """hv1, hv2, hv3 take VMs (hv1 has the least memory allocated); hv8 is flushed, hv9 dead."""
-    add_node("hv1", memalloc=1000)
-    add_node("hv2", memalloc=2000)
-    add_node("hv3", memalloc=3000)
-    add_node("hv8", domain_state="flushed")
-    add_node("hv9", daemon_state="dead")
-    return core
-
-
-@pytest.fixture
 def vms(nodes: Cluster) -> dict[str, str]:
     """web1 (hv1, stop; networks 1001 and cluster), web2 (hv1, start), db1 (hv2, start, 4 GiB)."""
     nodes.store.commit([Create(schema.network("1001"), "web")])

@@ -15,24 +15,12 @@ from pvc.lib.dhcp_leases import dhcp_host_lines, record_lease
 from pvc.lib.errors import AlreadyExists, InvalidArgument, InvalidState, NotFound
 from pvc.lib.ops.lease import add_lease, get_lease, list_leases, remove_lease
 from pvc.lib.ops.network import add_network
+from tests.test_ops_network import assert_cli_failed, assert_failed
 from tests.test_ops_node import changed_keys, snapshot
 from tests.wsgi import Client
 
 API = "/api/v1"
 MAC1, MAC2, MAC3 = "52:54:00:00:00:01", "52:54:00:00:00:02", "52:54:00:00:00:03"
-
-
-def assert_failed(r: Any, status: int, *fragments: str) -> None:
-    assert r.status == status, r.text
-    for fragment in fragments:
-        assert fragment in r.json()["message"], r.json()
-
-
-def assert_cli_failed(result: Any, code: int, *fragments: str) -> None:
-    assert result.exit_code == code, result.output
-    assert result.stdout == ""
-    for fragment in fragments:
-        assert fragment in result.stderr, result.stderr
 
 
 @pytest.fixture

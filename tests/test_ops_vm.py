@@ -121,18 +121,6 @@ def names(vms: list[dict[str, Any]]) -> list[str]:
 
 
 @pytest.fixture
-def nodes(core: Cluster, add_node: Callable[..., str]) -> Cluster:
-    """Three nodes that take VMs (hv1 has the least memory allocated, then hv2), a flushed one
-    and one whose daemon is dead."""
-    add_node("hv1", memalloc=1000)
-    add_node("hv2", memalloc=2000)
-    add_node("hv3", memalloc=3000)
-    add_node("hv8", domain_state="flushed")
-    add_node("hv9", daemon_state="dead")
-    return core
-
-
-@pytest.fixture
 def web1(nodes: Cluster) -> str:
     """A stopped VM `web1` on hv1; its UUID."""
     return define(nodes, "web1", node="hv1")
@@ -335,30 +323,37 @@ def test_define_http_values(nodes: Cluster, client: Client) -> None:
     assert field(nodes, uuid, "node") == "hv3" and field(nodes, uuid, "xml") == pretty_xml("web1", uuid)
 
 
+def define_at_once(settings: Settings, names: list[str]) -> list[Any]:
+    """Define a VM of each name from its own store session, all released together by a barrier;
+    each define's message, or the error it raised."""
+    barrier = threading.Barrier(len(names))
+    results: list[Any] = []
+
+    def worker(name: str) -> None:
+        cluster = Cluster(settings)
+        try:
+            cluster.store.exists(schema.DOMAINS)  # open the session before the race
+            barrier.wait(timeout=10)
+            results.append(define_vm(cluster, vm_xml(name, new_uuid()), node="hv1"))
+        except PvcError as e:
+            results.append(e)
+        finally:
+            cluster.close()
+
+    threads = [threading.Thread(target=worker, args=(name,)) for name in names]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert len(results) == len(names), results
+    return results
+
+
 def test_concurrent_defines_of_one_name_land_once(settings: Settings, nodes: Cluster) -> None:
     """Two writers with their own store sessions: exactly one defines the name."""
     for round_ in range(5):
         name = f"race{round_}"
-        barrier = threading.Barrier(2)
-        results: list[Any] = []
-
-        def worker() -> None:
-            cluster = Cluster(settings)
-            try:
-                cluster.store.exists(schema.DOMAINS)  # open the session before the race
-                barrier.wait(timeout=10)
-                results.append(define_vm(cluster, vm_xml(name, new_uuid()), node="hv1"))
-            except PvcError as e:
-                results.append(e)
-            finally:
-                cluster.close()
-
-        threads = [threading.Thread(target=worker) for _ in range(2)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=30)
-        assert len(results) == 2, results
+        results = define_at_once(settings, [name, name])
         landed = [r for r in results if isinstance(r, str)]
         lost = [r for r in results if not isinstance(r, str)]
         assert len(landed) == 1, results
@@ -368,26 +363,8 @@ def test_concurrent_defines_of_one_name_land_once(settings: Settings, nodes: Clu
 
 
 def test_concurrent_defines_of_different_names_both_land(settings: Settings, nodes: Cluster) -> None:
-    barrier = threading.Barrier(4)
-    results: list[Any] = []
-
-    def worker(name: str) -> None:
-        cluster = Cluster(settings)
-        try:
-            cluster.store.exists(schema.DOMAINS)
-            barrier.wait(timeout=10)
-            results.append(define_vm(cluster, vm_xml(name, new_uuid()), node="hv1"))
-        except PvcError as e:
-            results.append(e)
-        finally:
-            cluster.close()
-
-    threads = [threading.Thread(target=worker, args=(f"vm{i}",)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=30)
-    assert len(results) == 4 and all(isinstance(r, str) for r in results), results
+    results = define_at_once(settings, [f"vm{i}" for i in range(4)])
+    assert all(isinstance(r, str) for r in results), results
     assert names(list_vms(nodes)) == ["vm0", "vm1", "vm2", "vm3"]
 
 

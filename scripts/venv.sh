@@ -12,6 +12,11 @@ apt_install() {
     || { $SUDO apt-get update && $SUDO apt-get install -y --no-install-recommends "$@"; }
 }
 
+# libvirt-python (the node agent's binding) compiles against the system's libvirt.
+if [[ ",${PVC_EXTRAS:-}," =~ ,(agent|test), ]] && ! pkg-config --exists libvirt 2>/dev/null; then
+  apt_install libvirt-dev pkg-config gcc python3-dev
+fi
+
 if [ ! -x .venv/bin/python ]; then
   rm -rf .venv
   if ! python3 -m venv .venv 2>/dev/null; then

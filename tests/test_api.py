@@ -32,7 +32,7 @@ from tests.zkserver import free_port
 API = "/api/v1"
 NODE_KEYS = {
     "name", "daemon_state", "coordinator_state", "domain_state", "cpu_count", "kernel", "os", "arch", "load",
-    "domains_count", "running_domains", "vcpu", "memory",
+    "domains_count", "running_domains", "vcpu", "memory", "problem",
 }
 
 

@@ -333,7 +333,7 @@ def test_define_without_a_candidate_node(cli: Callable[..., Any], core: Cluster,
                                          xml_file: Callable[[str], str]) -> None:
     add_node("hv8", domain_state="flushed")
     add_node("hv9", daemon_state="dead")
-    refused(cli, core, 4, "Error: No node can take the VM: hv8 is flushed; hv9's daemon is dead.",
+    refused(cli, core, 4, "Error: No node can take the VM: hv8: it is flushed; hv9: its daemon is dead.",
             args=("vm", "define", xml_file(vm_xml("web1", new_uuid()))))
 
 

@@ -40,7 +40,7 @@ from pvc.lib.store import Create, Delete
 FACTS = NodeFacts(8, "6.1.0-amd64", "GNU/Linux", "x86_64")
 BAD_NAMES = ["", "a/b", ".", "..", "hv\n1", "hv\x001", "x" * 256]
 NODE_KEYS = {"name", "daemon_state", "coordinator_state", "domain_state", "cpu_count", "kernel", "os", "arch",
-             "load", "domains_count", "running_domains", "vcpu", "memory"}
+             "load", "domains_count", "running_domains", "vcpu", "memory", "problem"}
 
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -122,6 +122,7 @@ def test_list_nodes_shape_and_json_types(core: Cluster, add_node: Callable[..., 
         "running_domains": list(uuids),
         "vcpu": {"total": 8, "allocated": 4},
         "memory": {"total": 32000, "allocated": 4096, "used": 8000, "free": 24000},
+        "problem": None,
     }]
     node = nodes[0]
     assert set(node) == NODE_KEYS
@@ -516,6 +517,7 @@ def test_register_new_node_initial_values(core: Cluster, coordinator: bool, mode
         "domainscount": "0",
         "runningdomains": "",
         "networkscount": "0",
+        "problem": "",
     }
     assert set(core.store.children("/nodes/hv1")) == set(schema.NODE_FIELDS)  # no IPMI secrets stored
     assert get_node(core, "hv1")[0]["domain_state"] == "flushed"

@@ -33,7 +33,7 @@ NON_OPERATION_ROUTES = {
 }
 
 #: Commands of `pvc` that are not operations (STYLE.md 2A.5).
-NON_OPERATION_COMMANDS = {("serve",), ("network", "lease", "hook")}
+NON_OPERATION_COMMANDS = {("serve",), ("agent",), ("network", "lease", "hook")}
 
 #: The whole route table, method + path → operation. A new route is added here on purpose.
 ROUTES = {

@@ -299,7 +299,10 @@ def test_port_in_use_is_a_startup_error(settings: Settings) -> None:
 
 def write_config(directory: Any, *, auth: bool = False, tokens: tuple[str, ...] = (TOKEN,), secret: str | None = SECRET,
                  tls: tuple[str, str] | None = None, coordinators: tuple[str, ...] = (), chroot: str | None = None,
-                 debug: bool = False, port: int = 7370, drop: tuple[str, ...] = ()) -> str:
+                 debug: bool = False, port: int = 7370, drop: tuple[str, ...] = (),
+                 node: dict[str, Any] | None = None) -> str:
+    """A configuration file in ``directory``. The node agent that `pvc serve` runs on the
+    embedded store gets a private test-driver hypervisor of its own (``node`` overrides)."""
     authentication: dict[str, Any] = {"enabled": auth, "tokens": [{"description": "t", "token": t} for t in tokens]}
     if secret is not None:
         authentication["secret_key"] = secret
@@ -315,12 +318,21 @@ def write_config(directory: Any, *, auth: bool = False, tokens: tuple[str, ...] 
         "api": {"listen_address": "127.0.0.1", "listen_port": port, "authentication": authentication,
                 "ssl": ssl_section},
         "store": store,
+        "node": node if node is not None else {"name": "hv-local", "libvirt_uri": node_file_uri(directory)},
     }
     for key in drop:
         pvc.pop(key)
     path = directory / "pvc-api.yaml"
     path.write_text(yaml.safe_dump({"pvc": pvc}))
     return str(path)
+
+
+def node_file_uri(directory: Any) -> str:
+    """libvirt's test driver on a node file of its own: a private, empty hypervisor."""
+    path = directory / "node.xml"
+    path.write_text("<node><cpu><mhz>2000</mhz><model>x86_64</model><active>4</active><nodes>1</nodes>"
+                    "<sockets>1</sockets><cores>4</cores><threads>1</threads></cpu><memory>16777216</memory></node>")
+    return f"test://{path}"
 
 
 def pvc_env() -> dict[str, str]:

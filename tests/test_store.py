@@ -671,6 +671,24 @@ def test_cancel_stops_notifications(tree: Store) -> None:
         h2.cancel()
 
 
+def test_cancel_leaves_no_watcher_behind(tree: Store) -> None:
+    """A cancelled watch is gone from the engine at once, not when its key next changes (kazoo
+    keeps a recipe's watcher until it fires; an agent cancels one per undefined VM)."""
+    handles = [tree.watch(["/t/a", "/t/b"], lambda p: None) for _ in range(3)]
+    kids = tree.watch(["/t"], lambda p: None, children=True)
+    for h in handles + [kids]:
+        h.cancel()
+    if tree.engine == "zookeeper":
+        client = tree.client  # type: ignore[attr-defined]
+        left = {p: w for table in (client._data_watchers, client._child_watchers) for p, w in table.items()
+                if p.startswith("/t") and w}
+        assert left == {}
+        assert not [f for f in client.state_listeners if getattr(f, "__self__", None).__class__.__name__
+                    in ("DataWatch", "ChildrenWatch")]
+    else:
+        assert tree._watches == {}  # type: ignore[attr-defined]
+
+
 @pytest.mark.parametrize("churn", [False, True], ids=["quiet", "busy"])
 def test_watch_sees_changes_made_right_after_it_is_registered(tree: Store, other: Store, churn: bool) -> None:
     # The watch must be in place when watch() returns: a change committed at once is not lost,

@@ -99,10 +99,14 @@ def bad_documents(uuid: str) -> list[tuple[str, str, str]]:
                          f"<uuid>{uuid}</uuid></domain>", "DOCTYPE is not allowed"),
         ("parameter-entity", f'<!DOCTYPE domain [<!ENTITY % p SYSTEM "file:///etc/passwd"> %p;]>'
                              f"<domain><name>x</name><uuid>{uuid}</uuid></domain>", "DOCTYPE is not allowed"),
-        # The text is read as UTF-8 whatever the declaration says, so a DOCTYPE hidden in UTF-7 is
-        # no markup at all: refused as malformed.
+        # A declaration of another encoding is refused: libvirt's parser follows it, so it would
+        # see another document than pvc checked (here a DOCTYPE hidden in UTF-7).
         ("utf7-doctype", '<?xml version="1.0" encoding="UTF-7"?>+ADw-!DOCTYPE domain+AD4-'
-                         f"<domain><name>x</name><uuid>{uuid}</uuid></domain>", "Start tag expected"),
+                         f"<domain><name>x</name><uuid>{uuid}</uuid></domain>", "names the encoding 'UTF-7'"),
+        ("utf16-declared", '<?xml version="1.0" encoding="UTF-16"?>'
+                           f"<domain><name>x</name><uuid>{uuid}</uuid></domain>", "names the encoding 'UTF-16'"),
+        ("latin1-declared", "<?xml version='1.0' encoding='ISO-8859-1'?>"
+                            f"<domain><name>x</name><uuid>{uuid}</uuid></domain>", "names the encoding 'ISO-8859-1'"),
         ("undefined-entity", f"<domain><name>&foo;</name><uuid>{uuid}</uuid></domain>", "Entity 'foo' not defined"),
         ("missing-uuid", "<domain><name>x</name></domain>", "it has no <uuid>"),
         ("empty-uuid", "<domain><name>x</name><uuid> </uuid></domain>", "it has no <uuid>"),

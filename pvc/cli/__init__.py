@@ -12,6 +12,7 @@ import click
 from pvc import __version__
 from pvc.cli import views  # noqa: F401  (registers the table views)
 from pvc.cli.build import add_operations, group_for
+from pvc.cli.commands.agent import agent
 from pvc.cli.commands.lease_hook import lease_hook
 from pvc.cli.commands.serve import serve
 from pvc.cli.commands.vm_modify import modify as vm_modify
@@ -42,6 +43,7 @@ def cli(ctx: click.Context, config: str | None) -> None:
 
 add_operations(cli, load_all(), GROUPS)
 cli.add_command(serve)
+cli.add_command(agent)
 group_for(cli, ("network", "lease"), GROUPS).add_command(lease_hook)
 group_for(cli, ("vm",), GROUPS).add_command(vm_modify)
 

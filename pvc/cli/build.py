@@ -179,7 +179,7 @@ def _command(op: Operation, verb: str, help_text: str, fixed: dict[str, Any], wa
             result = op.func(core, **values)
             if waiting and wait is not None:
                 click.echo(result)
-                result = wait(core, **values, timeout=timeout)
+                result = wait(core, **values, timeout=timeout, progress=click.echo)
         except PvcError as e:
             raise CommandFailed(e) from None
         except KeyboardInterrupt:  # Click would say "Aborted!" and exit 1; the table says 130

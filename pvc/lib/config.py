@@ -37,6 +37,18 @@ class Token:
 
 
 @dataclass(frozen=True)
+class Bmc:
+    """How a coordinator reaches a node's BMC for fencing. The password stays in its file: it
+    is read only when a fence runs, and handed to ipmitool in its environment (``-E``)."""
+
+    node: str
+    host: str
+    user: str
+    password_file: str
+    port: int = 623
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything a pvc process needs to know, as one immutable value."""
 
@@ -56,12 +68,34 @@ class Settings:
     store_timeout: float = 5.0
     wait_timeout: float = 600.0
     target_selector: str = "mem"
+    # -- the node agent --
+    node_name: str | None = None
+    libvirt_uri: str = "qemu:///system"
+    node_coordinator: bool | None = None
+    keepalive_interval: float = 5.0
+    fence_intervals: int = 6
+    successful_fence: str = "migrate"
+    failed_fence: str = "none"
+    bmcs: tuple["Bmc", ...] = ()
+    migration_target_uri: str = "qemu+tcp://{node}/system"
+    migration_data_uri: str | None = None
+    migration_unsafe: bool = False
+    migration_timeout: float = 300.0
+    shutdown_timeout: float = 90.0
+    flush_parallel: int = 4
     source: str = field(default="built-in defaults", compare=False)
 
     @property
     def engine(self) -> str:
         """``zookeeper`` when coordinators are configured, else ``embedded``."""
         return "zookeeper" if self.coordinators else "embedded"
+
+    def dead_after(self) -> float:
+        """Seconds without a keepalive after which a node counts as dead (interval × fence_intervals)."""
+        return self.keepalive_interval * self.fence_intervals
+
+    def bmc_of(self, node: str) -> "Bmc | None":
+        return next((b for b in self.bmcs if b.node == node), None)
 
     def replace(self, **changes: Any) -> "Settings":
         return dataclasses.replace(self, **changes)
@@ -204,6 +238,84 @@ def _tokens(value: Any) -> tuple[Token, ...]:
 SELECTORS = ("mem", "vcpus", "load", "vms")
 
 
+FENCE_ACTIONS = ("migrate", "none")
+
+
+def _fence_action(value: Any) -> str:
+    if value not in FENCE_ACTIONS:
+        raise ValueError(f"must be one of {', '.join(FENCE_ACTIONS)}")
+    return value
+
+
+def _node_name(value: Any) -> str | None:
+    value = _opt_str(value)
+    if value in (None, ""):
+        return None
+    try:
+        return validate_name("node", value)
+    except InvalidArgument as e:
+        raise ValueError(e.message.rstrip(".")) from None
+
+
+def _opt_bool(value: Any) -> bool | None:
+    return None if value is None else _bool(value)
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError("must be a whole number greater than 0")
+    return value
+
+
+def _uri(value: Any) -> str:
+    if not isinstance(value, str) or not value or any(c.isspace() for c in value):
+        raise ValueError("must be a non-empty URI without spaces")
+    return value
+
+
+def _node_template(value: Any) -> str:
+    value = _uri(value)
+    try:
+        value.format(node="hv1")
+    except (KeyError, IndexError, ValueError):
+        raise ValueError("must be a URI that may contain {node} (the target node's name) and no other {...}") from None
+    return value
+
+
+def _opt_node_template(value: Any) -> str | None:
+    return None if value in (None, "") else _node_template(value)
+
+
+def _bmcs(value: Any) -> tuple[Bmc, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, dict):
+        raise ValueError("must be a mapping of node name to {host, user, password_file[, port]}")
+    bmcs = []
+    for node, item in value.items():
+        try:
+            validate_name("node", node)
+        except InvalidArgument as e:
+            raise ValueError(e.message.rstrip(".")) from None
+        if not isinstance(item, dict):
+            raise ValueError(f"{node}: must be a mapping with host, user and password_file")
+        unknown = set(item) - {"host", "user", "password_file", "port"}
+        if unknown:
+            raise ValueError(f"{node}: unknown key {sorted(unknown)[0]!r} (the password goes in password_file, "
+                             "never in this file)")
+        for k in ("host", "user", "password_file"):
+            if not isinstance(item.get(k), str) or not item[k]:
+                raise ValueError(f"{node}: {k} must be a non-empty string")
+        try:
+            check_host(item["host"])
+        except ValueError as e:
+            raise ValueError(f"{node}: host {e}") from None
+        port = _port(item.get("port", 623))
+        bmcs.append(Bmc(node=node, host=item["host"], user=item["user"], password_file=item["password_file"],
+                        port=port))
+    return tuple(bmcs)
+
+
 def _selector(value: Any) -> str:
     if value not in SELECTORS:
         raise ValueError(f"must be one of {', '.join(SELECTORS)}")
@@ -241,10 +353,35 @@ KEYS: tuple[Key, ...] = (
     Key("pvc.timeouts.wait", "wait_timeout", _positive, False, "Deadline of `--wait` (default 600)."),
     Key("pvc.system.migration.target_selector", "target_selector", _selector, False,
         "How a node is chosen for a VM when none is given: mem, vcpus, load or vms (default mem)."),
+    Key("pvc.system.migration.target_uri", "migration_target_uri", _node_template, False,
+        "libvirt URI of a target node's hypervisor for live migration; {node} is its name."),
+    Key("pvc.system.migration.data_uri", "migration_data_uri", _opt_node_template, False,
+        "URI the migration's data goes to ({node} is the target); default: libvirt's choice."),
+    Key("pvc.system.migration.unsafe", "migration_unsafe", _bool, False,
+        "Live-migrate even disks libvirt considers unsafe (not on shared storage)."),
+    Key("pvc.system.migration.timeout", "migration_timeout", _positive, False,
+        "Seconds a migration may take before it is given up (default 300)."),
+    Key("pvc.system.intervals.keepalive_interval", "keepalive_interval", _positive, False,
+        "Seconds between a node agent's keepalives (default 5)."),
+    Key("pvc.system.intervals.shutdown_timeout", "shutdown_timeout", _positive, False,
+        "Seconds a VM gets to shut down gracefully before it is forced off (default 90)."),
+    Key("pvc.system.intervals.flush_parallel", "flush_parallel", _count, False,
+        "How many VMs a flush or ready moves at a time (default 4)."),
+    Key("pvc.system.fencing.intervals.fence_intervals", "fence_intervals", _count, False,
+        "Keepalive intervals without a keepalive after which a node is dead (default 6)."),
+    Key("pvc.system.fencing.actions.successful_fence", "successful_fence", _fence_action, False,
+        "What happens to a dead node's VMs once its fence is confirmed: migrate (default) or none."),
+    Key("pvc.system.fencing.actions.failed_fence", "failed_fence", _fence_action, False,
+        "What happens to a dead node's VMs when it could not be fenced: none (default) or migrate."),
+    Key("pvc.system.fencing.ipmi", "bmcs", _bmcs, False,
+        "Each node's BMC: node name to {host, user, password_file, port}; read by the coordinators."),
+    Key("pvc.node.name", "node_name", _node_name, False, "This node's name (default: the short host name)."),
+    Key("pvc.node.libvirt_uri", "libvirt_uri", _uri, False, "This node's hypervisor (default qemu:///system)."),
+    Key("pvc.node.coordinator", "node_coordinator", _opt_bool, False,
+        "Whether this node is a coordinator (default: its name is one of the coordinators' hosts)."),
 )
 
-_SECTIONS = {k.path.rsplit(".", 1)[0] for k in KEYS} | {"pvc.api", "pvc"}
-_SECTIONS |= {p.rsplit(".", 1)[0] for p in list(_SECTIONS) if "." in p}
+_SECTIONS = {".".join(k.path.split(".")[:i]) for k in KEYS for i in range(1, k.path.count(".") + 1)}
 
 
 def _walk(data: Any, prefix: str, problems: list[str], found: dict[str, Any], broken: list[str]) -> None:

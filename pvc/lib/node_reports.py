@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pvc.lib import schema
 from pvc.lib.core import Cluster
 from pvc.lib.errors import InvalidArgument, NotFound, quote
-from pvc.lib.ops.node import DAEMON_STATES, DOMAIN_STATES
+from pvc.lib.node_records import DAEMON_STATES, DOMAIN_STATES
 
 
 @dataclass(frozen=True)
@@ -45,13 +45,17 @@ class NodeFigures:
     running_domains: tuple[str, ...] = ()
 
 
-def register_node(core: Cluster, name: str, facts: NodeFacts, coordinator: bool = False) -> bool:
+def register_node(core: Cluster, name: str, facts: NodeFacts, coordinator: bool = False,
+                  new_domain_state: str = "flushed") -> bool:
     """Register (or re-register) a node; returns True when it was new.
 
-    A new node starts `init`, `flushed` (it must be made ready before it gets VMs) and with zero
-    figures. A known node keeps its domain state and figures; its mode, facts and daemon state
-    (`init`) are rewritten. One atomic write either way.
+    A new node starts `init`, ``new_domain_state`` (`flushed` in a real cluster: it must be made
+    ready before it gets VMs) and with zero figures. A known node keeps its domain state and
+    figures; its mode, facts, daemon state (`init`) and keepalive time are rewritten (so that a
+    node coming back is not taken for dead before its first keepalive). One atomic write.
     """
+    if new_domain_state not in DOMAIN_STATES:
+        raise InvalidArgument(f"Invalid domain state {quote(new_domain_state)}.")
     mode = "coordinator" if coordinator else "hypervisor"
     node = schema.node(name)
 
@@ -64,19 +68,22 @@ def register_node(core: Cluster, name: str, facts: NodeFacts, coordinator: bool 
         key("daemonstate"): "init",
         key("routerstate"): "secondary" if coordinator else "client",
         key("staticdata"): facts.text(),
+        key("keepalive"): str(int(time.time())),
     }
     new = not core.store.exists(node)
     if new:
         values.update({key(f): "0" for f in ("memtotal", "memused", "memfree", "memalloc", "vcpualloc",
                                               "domainscount", "networkscount")})
-        values.update({key("domainstate"): "flushed", key("cpuload"): "0.0", key("runningdomains"): "",
-                       key("keepalive"): str(int(time.time()))})
+        values.update({key("domainstate"): new_domain_state, key("cpuload"): "0.0", key("runningdomains"): "",
+                       key("problem"): ""})
     core.store.write(values)
     return new
 
 
-def publish_figures(core: Cluster, name: str, figures: NodeFigures, daemon_state: str = "run") -> None:
-    """Publish a keepalive: the node's figures, its daemon state and the time, in one write."""
+def publish_figures(core: Cluster, name: str, figures: NodeFigures, daemon_state: str = "run",
+                    problem: str = "") -> None:
+    """Publish a keepalive: the node's figures, its daemon state, what keeps it from taking VMs
+    (``problem``, empty when nothing) and the time, in one write."""
     if daemon_state not in DAEMON_STATES:
         raise InvalidArgument(f"Invalid daemon state {quote(daemon_state)}.")
     node = schema.node(name)
@@ -93,6 +100,7 @@ def publish_figures(core: Cluster, name: str, figures: NodeFigures, daemon_state
         "domainscount": str(figures.domainscount),
         "runningdomains": " ".join(figures.running_domains),
         "keepalive": str(int(time.time())),
+        "problem": " ".join(problem.split()),
     }
     core.store.write({schema.node_key(name, k): v for k, v in values.items()})
 

@@ -1,7 +1,8 @@
 """Choosing a node for a VM: the manual's selectors over the nodes that can take VMs.
 
 A node given by name is used when it exists (the manual: one that does not means automatic
-selection); a running VM only goes to a node whose daemon runs and that is ready.
+selection); a running VM only goes to a node that is alive (its daemon runs, its keepalive is
+fresh, its agent reports no problem) and ready. A dead or stale node is never chosen.
 """
 
 from __future__ import annotations
@@ -9,9 +10,11 @@ from __future__ import annotations
 from pvc.lib.config import SELECTORS
 from pvc.lib.core import Cluster
 from pvc.lib.errors import InvalidArgument, InvalidState, quote
-from pvc.lib.ops.node import node_names, read_nodes
+from pvc.lib.node_records import liveness, node_names, read_nodes
 from pvc.lib.vm_records import read_vms, vm_uuids
 
+#: Node keys that tell whether a node can take a running VM.
+STATE_FIELDS = ("daemonstate", "domainstate", "keepalive", "problem")
 #: Node figure each selector minimises (None: counted from the VMs' nodes).
 SELECTOR_FIELDS = {"mem": "memalloc", "vcpus": "vcpualloc", "load": "cpuload", "vms": None}
 
@@ -34,17 +37,14 @@ def select_node(core: Cluster, selector: str | None, exclude: str | None = None)
     if selector not in SELECTOR_FIELDS:
         raise InvalidArgument(f"Invalid selector {quote(selector)}: it must be one of {', '.join(SELECTORS)}.")
     field = SELECTOR_FIELDS[selector]
-    fields = ("daemonstate", "domainstate") + ((field,) if field else ())
+    fields = STATE_FIELDS + ((field,) if field else ())
     nodes = read_nodes(core, node_names(core), fields)
     reasons = []
     candidates = []
     for name, values in sorted(nodes.items()):
-        if name == exclude:
-            reasons.append(f"{name} is the VM's current node")
-        elif values["daemonstate"] != "run":
-            reasons.append(f"{name}'s daemon is {values['daemonstate'] or 'unknown'}")
-        elif values["domainstate"] != "ready":
-            reasons.append(f"{name} is {values['domainstate'] or 'not ready'}")
+        why = "it is the VM's current node" if name == exclude else _unfit(core, values)
+        if why:
+            reasons.append(f"{name}: {why}")
         else:
             candidates.append(name)
     if not candidates:
@@ -59,26 +59,36 @@ def select_node(core: Cluster, selector: str | None, exclude: str | None = None)
     return min(candidates, key=lambda n: (_figure(nodes[n][field]), n))
 
 
+def _unfit(core: Cluster, values: dict[str, str | None]) -> str | None:
+    """Why a node cannot take a running VM, or None when it can."""
+    why = liveness(values, core.settings.dead_after())
+    if why:
+        return why
+    if values["domainstate"] != "ready":
+        return f"it is {values['domainstate'] or 'not ready'}"
+    return None
+
+
 def _node_state(core: Cluster, node: str) -> dict[str, str | None] | None:
-    """The node's daemon and domain state, or None when there is no such node (or the name
-    cannot be a node's: the manual's "not valid")."""
+    """The node's state keys, or None when there is no such node (or the name cannot be a
+    node's: the manual's "not valid")."""
     try:
-        return read_nodes(core, [node], ("daemonstate", "domainstate")).get(node)
+        return read_nodes(core, [node], STATE_FIELDS).get(node)
     except InvalidArgument:
         return None
 
 
-def _check_state(node: str, state: dict[str, str | None] | None, running: bool) -> None:
+def _check_state(core: Cluster, node: str, state: dict[str, str | None] | None, running: bool) -> None:
     if state is None:
         raise InvalidState(f"Node {quote(node)} does not exist.")
-    if running and (state["daemonstate"] != "run" or state["domainstate"] != "ready"):
-        raise InvalidState(f"Node {quote(node)} cannot take a running VM: its daemon is "
-                           f"{state['daemonstate']} and it is {state['domainstate']}.")
+    why = _unfit(core, state) if running else None
+    if why:
+        raise InvalidState(f"Node {quote(node)} cannot take a running VM: {why}.")
 
 
 def check_target(core: Cluster, node: str, running: bool) -> None:
     """The node must exist; a running VM can only go to one whose daemon runs and that is ready."""
-    _check_state(node, _node_state(core, node), running)
+    _check_state(core, node, _node_state(core, node), running)
 
 
 def choose_node(core: Cluster, node: str | None, selector: str | None, exclude: str | None = None,
@@ -90,7 +100,7 @@ def choose_node(core: Cluster, node: str | None, selector: str | None, exclude: 
         if state is not None:
             if node == exclude:
                 raise InvalidState(f"The VM is already on node {quote(node)}.")
-            _check_state(node, state, running)
+            _check_state(core, node, state, running)
             return node, ""
         chosen = select_node(core, selector, exclude)
         return chosen, f" (node {quote(node)} does not exist; chosen by {selector or core.settings.target_selector})"

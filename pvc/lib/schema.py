@@ -56,6 +56,8 @@ NODE_FIELDS = (
     "runningdomains",
     "networkscount",
     "keepalive",
+    # pvc's own: why the agent cannot take VMs (an unreachable hypervisor, a failed fence), or "".
+    "problem",
 )
 
 

@@ -8,6 +8,7 @@ lxml is imported on first use only, so `pvc --help` does not load it.
 
 from __future__ import annotations
 
+import re
 import threading
 import uuid as uuidlib
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ DOCTYPE_REFUSED = ("Invalid VM XML: a DOCTYPE is not allowed (libvirt XML needs 
                    "expanded).")
 
 _parser_local = threading.local()
+#: The encoding named by an XML declaration at the start of a document.
+_DECLARED_ENCODING = re.compile(r"""\ufeff?\s*<\?xml\b[^>]*?\bencoding\s*=\s*["']([^"']*)["']""")
 
 
 def _parser() -> Any:
@@ -60,6 +63,12 @@ def parse(text: str) -> Any:
     # laughs). The check after parsing is a second line of defence.
     if "<!DOCTYPE" in text or "<!ENTITY" in text:
         raise InvalidArgument(DOCTYPE_REFUSED)
+    # pvc reads the text as UTF-8 and stores it as given; a parser that follows a declaration of
+    # another encoding (libvirt's does) would see another document than the one pvc checked.
+    declared = _DECLARED_ENCODING.match(text)
+    if declared and declared.group(1).lower().replace("_", "-") not in ("utf-8", "utf8"):
+        raise InvalidArgument(f"Invalid VM XML: the declaration names the encoding {quote(declared.group(1))}; "
+                              "pvc stores VM XML as UTF-8, so declare encoding='UTF-8' or leave it out.")
     try:
         # Bytes, so that an encoding declaration in the document is allowed (lxml refuses one in a str).
         root = etree.fromstring(text.encode("utf-8"), _parser())

@@ -34,12 +34,15 @@ def setup_logging(debug: bool) -> None:
 @click.command()
 @click.option("--listen", metavar="HOST:PORT", help="Listen here instead of pvc.api.listen_address:listen_port.")
 @click.option("--routes", is_flag=True, help="List the API's routes and exit.")
+@click.option("--no-agent", is_flag=True, help="On the embedded store, do not run this host's node agent.")
 @click.pass_obj
-def serve(obj: CliContext, listen: str | None, routes: bool) -> None:
+def serve(obj: CliContext, listen: str | None, routes: bool, no_agent: bool) -> None:
     """Serve the PVC HTTP API (see the manual) until SIGTERM or SIGINT.
 
     Uses the same configuration as every other command: ZooKeeper when coordinators are
-    configured, else the embedded store, whose file is printed at start-up.
+    configured, else the embedded store, whose file is printed at start-up. On the embedded
+    store it also runs this host's node agent (as `pvc agent` would), so one host is a working
+    one-node cluster; under ZooKeeper each node runs `pvc agent` itself.
     """
     if routes:
         from pvc.lib.registry import load_all
@@ -63,9 +66,15 @@ def serve(obj: CliContext, listen: str | None, routes: bool) -> None:
     from pvc.server.run import StartupError, build_server, serve_forever, url_of
 
     core = Cluster(settings)
+    node_agent = None
     try:
         store = core.store
         server = build_server(core)
+        if settings.engine == "embedded" and not no_agent:
+            from pvc.agent.daemon import Agent
+
+            node_agent = Agent(core, local=True)
+            node_agent.start()
     except PvcError as e:
         core.close()
         raise CommandFailed(e) from None
@@ -75,7 +84,14 @@ def serve(obj: CliContext, listen: str | None, routes: bool) -> None:
 
     def announce() -> None:
         click.echo(f"Store: {store.describe()}")
+        if node_agent is not None:
+            click.echo(f"Node agent: {node_agent.name} (hypervisor {node_agent.hv.uri})")
         click.echo(f"Listening on {url_of(server, settings)}", nl=True)
         click.get_text_stream("stdout").flush()
 
-    serve_forever(server, core.close, on_ready=announce)
+    def stop() -> None:
+        if node_agent is not None:
+            node_agent.stop()
+        core.close()
+
+    serve_forever(server, stop, on_ready=announce)

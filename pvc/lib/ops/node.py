@@ -8,21 +8,18 @@ and the node agents carry out.
 from __future__ import annotations
 
 import socket
-from typing import Any
+from typing import Any, Callable
 
 from pvc.lib import schema
 from pvc.lib.core import Cluster, not_initialised
 from pvc.lib.errors import Conflict, InvalidState, NotFound, quote
 from pvc.lib.match import select
+from pvc.lib.node_records import DAEMON_STATES, DOMAIN_REQUESTS, DOMAIN_STATES, node_names, node_object, read_nodes
 from pvc.lib.registry import Param, Variant, completer, operation
-from pvc.lib.store import Check, Create, Entry, Set
+from pvc.lib.store import Check, Create, Set
+from pvc.lib.vm_records import read_vms
 
-DAEMON_STATES = ("init", "run", "shutdown", "stop", "dead")
-DOMAIN_STATES = ("flushed", "flush", "unflush", "ready")
-
-#: What a domain-state request writes, and the state the agent reports once it is done.
-DOMAIN_REQUESTS = {"flush": ("flush", "flushed"), "ready": ("unflush", "ready")}
-
+__all__ = ["DAEMON_STATES", "DOMAIN_STATES", "node_names", "node_object", "read_nodes"]
 
 def this_node() -> str:
     """The short host name of this machine: the default NODE of the node commands."""
@@ -31,71 +28,6 @@ def this_node() -> str:
 
 NODE_ARG = Param("Name of the node.", positional=True, complete="node")
 LOCAL_NODE_ARG = Param("Name of the node (default: this host).", positional=True, complete="node", cli_default=this_node)
-
-
-def _int(text: str | None) -> int | None:
-    try:
-        return int(text) if text not in (None, "") else None
-    except ValueError:
-        return None
-
-
-def _float(text: str | None) -> float | None:
-    try:
-        return float(text) if text not in (None, "") else None
-    except ValueError:
-        return None
-
-
-def node_object(name: str, values: dict[str, str | None]) -> dict[str, Any]:
-    """A node in the original's shape (its §2.7.1), with numbers as numbers and gaps as null."""
-    static = (values.get("staticdata") or "").split()
-    static += [None] * (4 - len(static))
-    cpu_count = _int(static[0])
-    return {
-        "name": name,
-        "daemon_state": values.get("daemonstate"),
-        "coordinator_state": values.get("routerstate"),
-        "domain_state": values.get("domainstate"),
-        "cpu_count": cpu_count,
-        "kernel": static[1],
-        "os": static[2],
-        "arch": static[3],
-        "load": _float(values.get("cpuload")),
-        "domains_count": _int(values.get("domainscount")),
-        "running_domains": (values.get("runningdomains") or "").split(),
-        "vcpu": {"total": cpu_count, "allocated": _int(values.get("vcpualloc"))},
-        "memory": {
-            "total": _int(values.get("memtotal")),
-            "allocated": _int(values.get("memalloc")),
-            "used": _int(values.get("memused")),
-            "free": _int(values.get("memfree")),
-        },
-    }
-
-
-def node_names(core: Cluster) -> list[str]:
-    """Names of all nodes, sorted."""
-    try:
-        return core.store.children(schema.NODES)
-    except NotFound:
-        raise not_initialised(core) from None
-
-
-def read_nodes(core: Cluster, names: list[str], fields: tuple[str, ...] = schema.NODE_FIELDS) -> dict[str, dict[str, str | None]]:
-    """The given fields of many nodes in one batch; nodes that do not exist are left out."""
-    paths = [schema.node(n) for n in names] + [schema.node_key(n, f) for n in names for f in fields]
-    entries = core.store.get_many(paths)
-    found = {}
-    for n in names:
-        if entries[schema.node(n)] is None:
-            continue
-        found[n] = {f: _value(entries[schema.node_key(n, f)]) for f in fields}
-    return found
-
-
-def _value(entry: Entry | None) -> str | None:
-    return None if entry is None else entry.value
 
 
 def _one(core: Cluster, node: str, fields: tuple[str, ...] = schema.NODE_FIELDS) -> dict[str, str | None]:
@@ -208,22 +140,39 @@ def set_coordinator_state(core: Cluster, node: str, state: str) -> str:
     return message
 
 
-def wait_domain_state(core: Cluster, node: str, state: str, timeout: float | None = None) -> str:
-    """Wait until the node's agent reports the result of a flush (``flushed``) or ready (``ready``)."""
+def wait_domain_state(core: Cluster, node: str, state: str, timeout: float | None = None,
+                      progress: Callable[[str], None] | None = None) -> str:
+    """Wait until the node's agent reports the result of a flush (``flushed``) or ready (``ready``).
+
+    ``progress`` gets a line for each VM that leaves or arrives on the node meanwhile."""
     _, done = DOMAIN_REQUESTS[state]
     path = schema.node_key(node, "domainstate")
+    running_key = schema.node_key(node, "runningdomains")
     current: dict[str, str | None] = {}
+    seen: list[set[str] | None] = [None]
+
+    def report(now: set[str]) -> None:
+        before = seen[0]
+        seen[0] = now
+        if progress is None or before is None or now == before:
+            return
+        for v in read_vms(core, sorted(now ^ before), ("state", "node")):
+            where = "arrived on" if v.uuid in now else "left"
+            progress(f"VM {quote(v.name)} {where} node {quote(node)} (now {v.state} on {v.node})")
 
     def reached() -> bool:
-        entry = core.store.get_many([path])[path]
+        entries = core.store.get_many([path, running_key])
+        entry = entries[path]
         if entry is None:
             raise NotFound(f"Node {quote(node)} not found.")
+        running = entries[running_key]
+        report(set(running.value.split()) if running is not None else set())
         current["state"] = entry.value
         return entry.value == done
 
     timeout = core.settings.wait_timeout if timeout is None else timeout
     core.store.wait_for(
-        [path], reached, timeout,
+        [path, running_key], reached, timeout,
         describe=lambda: f"node {quote(node)} still reports domain state {quote(current.get('state'))}, not {quote(done)}.",
     )
     return f"Node {quote(node)} reports domain state {quote(done)}."

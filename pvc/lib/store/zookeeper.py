@@ -242,27 +242,50 @@ class ZooKeeperStore(Store):
             return fire
 
         self._ready()
+        recipes: list[object] = []
         try:
             for path in paths:
-                self.client.DataWatch(path, data_watcher(path))
+                recipes.append(self.client.DataWatch(path, data_watcher(path)))
                 if children:
                     first = [True]
-                    self.client.ChildrenWatch(path, children_watcher(path, first), allow_session_lost=True)
+                    recipes.append(self.client.ChildrenWatch(path, children_watcher(path, first),
+                                                             allow_session_lost=True))
                     if first[0]:
                         # kazoo calls the function at registration unless the key is missing, in
                         # which case it gives up silently: report it as the embedded engine does.
                         raise NoNodeError()
         except (ConnectionLoss, SessionExpiredError, ConnectionClosedError, RetryFailedError):
             state["active"] = False
+            self._drop(recipes)
             raise Unavailable(f"Lost the connection to ZooKeeper at {self.hosts}.") from None
         except NoNodeError:
             state["active"] = False
+            self._drop(recipes)
             raise NotFound(f"Cannot watch the children of a missing key ({path}).") from None
 
         def cancel() -> None:
             state["active"] = False
+            self._drop(recipes)
 
         return WatchHandle(cancel)
+
+    def _drop(self, recipes: list[object]) -> None:
+        """Stop kazoo's watch recipes for good. kazoo has no public way to: a recipe stops only
+        when its function next fires and returns False, and until then its watcher stays
+        registered with the client (and is re-armed after each reconnection). So the recipe is
+        marked stopped and its watcher and session listener are removed from the client."""
+        for recipe in recipes:
+            recipe._stopped = True  # type: ignore[attr-defined]
+            recipe._func = None  # type: ignore[attr-defined]
+            self.client.remove_listener(recipe._session_watcher)  # type: ignore[attr-defined]
+            # The client keys its watchers by the server's path, with the chroot.
+            path = (self.client.chroot or "") + recipe._path  # type: ignore[attr-defined]
+            for table in (self.client._data_watchers, self.client._child_watchers):
+                watchers = table.get(path)
+                if watchers is not None:
+                    watchers.discard(recipe._watcher)  # type: ignore[attr-defined]
+                    if not watchers:
+                        table.pop(path, None)
 
     # -- lifecycle ----------------------------------------------------------------------------
     def describe(self) -> str:

@@ -1,0 +1,248 @@
+"""The node agent itself: registration, keepalive, and the wiring of its workers.
+
+Threads: one control thread (keepalives, the coordinator's duties, following ``/primary_node``),
+one for flush and ready, and one per VM while that VM is being acted on. Store watches only wake
+them: nothing slow runs on a watch callback. ``stop()`` ends them all within a bound, leaves the
+VMs running (an agent restart must not stop guests) and reports ``stop``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from pvc.agent import host
+from pvc.agent.coordinator import check_nodes, follow_primary, release_primary
+from pvc.agent.flush import DomainStateWorker
+from pvc.agent.hypervisor import Hypervisor, HypervisorError
+from pvc.agent.vms import VmController
+from pvc.lib import schema
+from pvc.lib.config import split_host_port
+from pvc.lib.core import Cluster
+from pvc.lib.errors import PvcError, quote
+from pvc.lib.node_reports import NodeFigures, publish_figures, register_node
+from pvc.lib.ops.node import this_node
+from pvc.lib.store import WatchHandle
+from pvc.lib.vm_records import vm_uuids
+
+log = logging.getLogger("pvc.agent")
+
+
+def is_coordinator(core: Cluster, name: str, local: bool) -> bool:
+    """pvc.node.coordinator when set; else whether the node is one of the coordinators' hosts
+    (on the embedded store, the local node is the cluster's only coordinator)."""
+    if core.settings.node_coordinator is not None:
+        return core.settings.node_coordinator
+    if local:
+        return True
+    return any(split_host_port(h)[0].split(".")[0] == name for h in core.settings.coordinators)
+
+
+class Agent:
+    """One node's agent. ``start()`` registers the node and starts the work; ``stop()`` ends it."""
+
+    def __init__(self, core: Cluster, name: str | None = None, hypervisor: Hypervisor | None = None,
+                 local: bool = False):
+        settings = core.settings
+        self.core = core
+        self.name = schema.validate_name("node", name or settings.node_name or this_node())
+        self.local = local
+        self.coordinator = is_coordinator(core, self.name, local)
+        if hypervisor is None:
+            from pvc.agent.libvirt_hv import LibvirtHypervisor
+
+            hypervisor = LibvirtHypervisor(settings.libvirt_uri, settings.migration_unsafe)
+        self.hv = hypervisor
+        self.stopping = threading.Event()
+        #: True once the first keepalive said ``run``.
+        self.running = False
+        self.vms = VmController(self)
+        self.domain_state = DomainStateWorker(self)
+        self._wake = threading.Event()
+        self._figures_due = False
+        self._vms_due = True
+        self._hv_problem: str | None = "the hypervisor is not connected yet"
+        self._store_problem: str | None = None
+        self._watched: dict[str, WatchHandle] = {}
+        self._publish_lock = threading.Lock()
+        self._handles: list[WatchHandle] = []
+        self._control = threading.Thread(target=self._loop, name=f"pvc-agent-{self.name}", daemon=True)
+
+    # -- life ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Register the node, connect the hypervisor, watch the tree and start the workers.
+        Raises a PvcError when the store cannot be used (nothing is left running then)."""
+        store = self.core.store
+        new = register_node(self.core, self.name, host.facts(), coordinator=self.coordinator,
+                            new_domain_state="ready" if self.local else "flushed")
+        log.info("Node %s registered%s as a %s; hypervisor %s", quote(self.name), " (new)" if new else "",
+                 "coordinator" if self.coordinator else "hypervisor", self.hv.uri)
+        self.hv.on_change(self._hypervisor_event)
+        self._connect()
+        try:
+            self._handles.append(store.watch([schema.PRIMARY_NODE], lambda _p: self.wake()))
+            self._handles.append(store.watch([schema.node_key(self.name, "domainstate")],
+                                             lambda _p: self.domain_state.changed()))
+            self._handles.append(store.watch([schema.DOMAINS], self._domains_changed, children=True))
+        except PvcError:
+            self._cancel_watches()
+            raise
+        self.domain_state.start()
+        self._control.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the work, hand over the primary role, report ``stop``. VMs keep running."""
+        if self.stopping.is_set():
+            return
+        log.info("Node agent %s stopping", quote(self.name))
+        self.stopping.set()
+        self._wake.set()
+        self.domain_state.stop()
+        self.vms.wake_all()
+        deadline = time.monotonic() + timeout
+        if self._control.is_alive():
+            self._control.join(max(deadline - time.monotonic(), 0.1))
+        if self.domain_state._thread.is_alive():
+            self.domain_state.join(max(deadline - time.monotonic(), 0.1))
+        self._cancel_watches()
+        try:
+            self._report("shutdown")
+            if release_primary(self, self.name):
+                log.info("Node %s handed over the primary coordinator role", quote(self.name))
+            if self.coordinator:
+                self.core.store.write({schema.node_key(self.name, "routerstate"): "secondary"})
+            self._report("stop")
+        except PvcError as e:
+            log.warning("Node %s could not report its stop: %s", quote(self.name), e.message)
+        self.hv.close()
+        log.info("Node agent %s stopped", quote(self.name))
+
+    def _report(self, state: str) -> None:
+        self.core.store.write({schema.node_key(self.name, "daemonstate"): state})
+
+    def _cancel_watches(self) -> None:
+        for handle in self._handles + list(self._watched.values()):
+            handle.cancel()
+        self._handles = []
+        self._watched = {}
+
+    # -- notifications (callbacks: quick, no store calls) -------------------------------------
+    def wake(self) -> None:
+        self._wake.set()
+
+    def figures_changed(self) -> None:
+        """A VM started or stopped here: publish the figures soon, not at the next keepalive."""
+        self._figures_due = True
+        self._wake.set()
+
+    def _domains_changed(self, _path: str) -> None:
+        self._vms_due = True
+        self._wake.set()
+
+    def _hypervisor_event(self, uuid: str) -> None:
+        self.vms.kick(uuid)
+        self.figures_changed()
+
+    # -- the hypervisor -----------------------------------------------------------------------
+    def hypervisor_ok(self) -> bool:
+        return self._hv_problem is None
+
+    def _connect(self) -> None:
+        try:
+            self.hv.connect()
+        except HypervisorError as e:
+            self.report_hypervisor(e)
+            return
+        if self._hv_problem is not None and self._hv_problem != "the hypervisor is not connected yet":
+            log.info("Hypervisor %s is reachable again", self.hv.uri)
+        self._hv_problem = None
+
+    def report_hypervisor(self, error: HypervisorError) -> None:
+        """One log line per problem (not per attempt); the node then takes no VMs."""
+        problem = f"hypervisor {self.hv.uri} unavailable: {error}"
+        if problem != self._hv_problem:
+            log.error("Node %s: %s; it takes no VMs until that is fixed", quote(self.name), problem)
+        self._hv_problem = problem
+        self._wake.set()
+
+    # -- the control thread -------------------------------------------------------------------
+    def _loop(self) -> None:
+        interval = self.core.settings.keepalive_interval
+        next_keepalive = time.monotonic()
+        while not self.stopping.is_set():
+            now = time.monotonic()
+            try:
+                if self._vms_due:
+                    self._vms_due = False
+                    self._sync_vms()
+                if now >= next_keepalive:
+                    next_keepalive = now + interval
+                    self._keepalive()
+                elif self._figures_due:
+                    self._publish()
+                if self.running:
+                    follow_primary(self)
+                if self._store_problem is not None:
+                    log.info("The store is reachable again")
+                    self._store_problem = None
+            except PvcError as e:
+                if e.message != self._store_problem:
+                    log.error("Node %s: %s (retrying every keepalive)", quote(self.name), e.message)
+                self._store_problem = e.message
+                self._vms_due = True
+            except Exception:
+                log.exception("Node %s: keepalive failed", quote(self.name))
+            self._wake.wait(max(next_keepalive - time.monotonic(), 0))
+            self._wake.clear()
+
+    def _sync_vms(self) -> None:
+        """Watch the keys of every VM in the tree (new ones are looked at at once)."""
+        uuids = set(vm_uuids(self.core))
+        for uuid in sorted(uuids - set(self._watched)):
+            keys = [schema.domain_key(uuid, "state"), schema.domain_key(uuid, "node")]
+            self._watched[uuid] = self.core.store.watch(keys, lambda _p, u=uuid: self.vms.kick(u))
+            self.vms.kick(uuid)
+        for uuid in sorted(set(self._watched) - uuids):
+            self._watched.pop(uuid).cancel()
+            self.vms.forget(uuid)
+
+    def _keepalive(self) -> None:
+        if not self.hypervisor_ok():
+            self._connect()
+        self._publish()
+        if self.coordinator and self.running:
+            check_nodes(self)
+
+    def publish(self) -> None:
+        """Publish the figures now (so ``runningdomains`` is current before a flush reports)."""
+        self._publish()
+
+    def _publish(self) -> None:
+        """One keepalive: the figures, ``run`` and the time, in one atomic write."""
+        with self._publish_lock:
+            self._publish_locked()
+
+    def _publish_locked(self) -> None:
+        self._figures_due = False
+        active = {}
+        running: set[str] = set()
+        if self.hypervisor_ok():
+            try:
+                active = self.hv.active()
+                running = self.vms.check_all(set(active))
+            except HypervisorError as e:
+                self.report_hypervisor(e)
+        total, used, free = host.memory_mib()
+        figures = NodeFigures(
+            memtotal=total, memused=used, memfree=free,
+            memalloc=sum(d.memory_mib for d in active.values()),
+            vcpualloc=sum(d.vcpus for d in active.values()),
+            cpuload=host.load(),
+            domainscount=len(active),
+            running_domains=tuple(sorted(running)),
+        )
+        publish_figures(self.core, self.name, figures, daemon_state="run", problem=self._hv_problem or "")
+        if not self.running:
+            self.running = True
+            log.info("Node %s is running", quote(self.name))

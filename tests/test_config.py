@@ -241,6 +241,32 @@ def test_valid_coordinators_and_our_keys(write: Callable[..., str], env: dict[st
     assert "0123-4567" not in repr(s)  # tokens never show in a repr
 
 
+def test_node_agent_keys(write: Callable[..., str], env: dict[str, str], tmp_path: Path) -> None:
+    data = changed(
+        ("pvc.node.name", "hv7"), ("pvc.node.libvirt_uri", "test:nodes/hv7.xml"), ("pvc.node.coordinator", False),
+        ("pvc.system.intervals.keepalive_interval", 2), ("pvc.system.intervals.shutdown_timeout", 30),
+        ("pvc.system.intervals.flush_parallel", 8), ("pvc.system.fencing.intervals.fence_intervals", 3),
+        ("pvc.system.fencing.actions.successful_fence", "none"), ("pvc.system.fencing.actions.failed_fence", "migrate"),
+        ("pvc.system.fencing.ipmi", {"hv7": {"host": "hv7-lom", "user": "admin", "password_file": "/etc/pvc/hv7"},
+                                     "hv8": {"host": "10.0.0.8", "user": "root", "password_file": "/p", "port": 6230}}),
+        ("pvc.system.migration.target_uri", "qemu+ssh://{node}/system"), ("pvc.system.migration.data_uri", "tcp://{node}"),
+        ("pvc.system.migration.unsafe", True), ("pvc.system.migration.timeout", 60),
+    )
+    s = load_settings(write(data), env)
+    assert (s.node_name, s.node_coordinator) == ("hv7", False)
+    assert s.libvirt_uri == f"test://{tmp_path}/nodes/hv7.xml"  # test:PATH is relative to the file
+    assert (s.keepalive_interval, s.fence_intervals, s.dead_after()) == (2.0, 3, 6.0)
+    assert (s.shutdown_timeout, s.flush_parallel, s.migration_timeout, s.migration_unsafe) == (30.0, 8, 60.0, True)
+    assert (s.successful_fence, s.failed_fence) == ("none", "migrate")
+    assert s.bmc_of("hv8") == config.Bmc("hv8", "10.0.0.8", "root", "/p", 6230)
+    assert s.bmc_of("hv7").port == 623 and s.bmc_of("hv9") is None  # type: ignore[union-attr]
+    assert s.migration_target_uri.format(node="hv8") == "qemu+ssh://hv8/system"
+    defaults = load_settings(write(BASE), env)
+    assert (defaults.node_name, defaults.libvirt_uri, defaults.node_coordinator) == (None, "qemu:///system", None)
+    assert (defaults.keepalive_interval, defaults.fence_intervals) == (5.0, 6)
+    assert (defaults.successful_fence, defaults.failed_fence, defaults.bmcs) == ("migrate", "none", ())
+
+
 # --- every mistake: one exact line naming the key path -------------------------------------------
 
 REQUIRED = [k.path for k in KEYS if k.required]
@@ -298,6 +324,29 @@ MISTAKES = [
     *[(f"coordinator {c!r}", changed(("pvc.coordinators", ["pvc-hv1", c])),
        [f"pvc.coordinators: entry 2 ({c!r}) must be host or host:port with a port from 1 to 65535"])
       for c in ("bad host", "hv2:0", "hv2:70000", "hv2:", "hv2:abc", "a:b:c", "", "[::1]x", 5, None)],
+    # the node agent's keys
+    ("node name with a slash", changed(("pvc.node.name", "a/b")),
+     ["pvc.node.name: Invalid node name 'a/b': it must not contain '/'"]),
+    ("libvirt uri with a space", changed(("pvc.node.libvirt_uri", "qemu:///sys tem")),
+     ["pvc.node.libvirt_uri: must be a non-empty URI without spaces"]),
+    ("coordinator string", changed(("pvc.node.coordinator", "yes")), ["pvc.node.coordinator: must be true or false"]),
+    ("keepalive 0", changed(("pvc.system.intervals.keepalive_interval", 0)),
+     ["pvc.system.intervals.keepalive_interval: must be a number of seconds greater than 0"]),
+    ("fence intervals float", changed(("pvc.system.fencing.intervals.fence_intervals", 2.5)),
+     ["pvc.system.fencing.intervals.fence_intervals: must be a whole number greater than 0"]),
+    ("fence action", changed(("pvc.system.fencing.actions.successful_fence", "reboot")),
+     ["pvc.system.fencing.actions.successful_fence: must be one of migrate, none"]),
+    ("migration template", changed(("pvc.system.migration.target_uri", "qemu+tcp://{host}/system")),
+     ["pvc.system.migration.target_uri: must be a URI that may contain {node} (the target node's name) and no "
+      "other {...}"]),
+    ("a BMC password in the file", changed(("pvc.system.fencing.ipmi",
+                                            {"hv1": {"host": "h", "user": "u", "password": "secret"}})),
+     ["pvc.system.fencing.ipmi: hv1: unknown key 'password' (the password goes in password_file, never in this "
+      "file)"]),
+    ("a BMC without a host", changed(("pvc.system.fencing.ipmi", {"hv1": {"user": "u", "password_file": "/p"}})),
+     ["pvc.system.fencing.ipmi: hv1: host must be a non-empty string"]),
+    ("BMCs as a list", changed(("pvc.system.fencing.ipmi", ["hv1"])),
+     ["pvc.system.fencing.ipmi: must be a mapping of node name to {host, user, password_file[, port]}"]),
     # unknown keys
     ("unknown api key", changed(("pvc.api.bogus", 1)), ["pvc.api.bogus: unknown key"]),
     ("misplaced key", changed(("pvc.listen_port", 7370)), ["pvc.listen_port: unknown key"]),

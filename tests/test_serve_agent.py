@@ -33,7 +33,8 @@ def test_serve_is_a_working_one_node_cluster(tmp_path: Any, start_serve: Callabl
         nodes = r.json()
         return nodes[0] if nodes else {}
 
-    local = until(lambda: (n := node()).get("daemon_state") == "run" and n, timeout=10, what="the local node")
+    local = until(lambda: (n := node()).get("coordinator_state") == "primary" and n, timeout=10,
+                  what="the local node, running and primary")
     assert (local["name"], local["domain_state"], local["coordinator_state"]) == ("hv-local", "ready", "primary")
     assert local["memory"]["total"] == meminfo_total_mib() and local["memory"]["free"] > 0
 

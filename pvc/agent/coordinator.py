@@ -45,7 +45,7 @@ def follow_primary(agent: "Agent") -> None:
     store = agent.core.store
     me = agent.name
     primary = store.get(schema.PRIMARY_NODE)
-    if agent.coordinator and primary.value == schema.NO_PRIMARY and agent.running and agent.hypervisor_ok():
+    if agent.coordinator and primary.value == schema.NO_PRIMARY and agent.running:
         try:
             store.commit([Set(schema.PRIMARY_NODE, me, primary.version)])
             log.info("This node %s is now the primary coordinator", quote(me))
@@ -83,31 +83,32 @@ def check_nodes(agent: "Agent") -> None:
         return
     fields = ("daemonstate", "keepalive", "routerstate", "daemonmode")
     nodes = read_nodes(core, names, fields)
-    paths = [schema.node_key(n, "daemonstate") for n in nodes]
-    entries = core.store.get_many(paths)
-    now = time.time()
     for name, values in nodes.items():
         if values["daemonstate"] in (None, "dead"):
             continue
-        age = keepalive_age(values, now)
+        age = keepalive_age(values)
         if age is not None and age <= limit:
             continue
-        entry = entries[schema.node_key(name, "daemonstate")]
-        if entry is None:
+        # Look again, with versions: a keepalive since the first look means alive after all.
+        state_key, keepalive_key = schema.node_key(name, "daemonstate"), schema.node_key(name, "keepalive")
+        entries = core.store.get_many([state_key, keepalive_key])
+        state, keepalive = entries[state_key], entries[keepalive_key]
+        if state is None or state.value == "dead":
             continue
-        keepalive = schema.node_key(name, "keepalive")
-        ka = core.store.get_many([keepalive])[keepalive]
+        age = keepalive_age({"keepalive": keepalive.value if keepalive else None})
+        if age is not None and age <= limit:
+            continue
+        ops: list[Op] = [Set(state_key, "dead", state.version)]
+        if keepalive is not None:
+            ops.append(Check(keepalive_key, keepalive.version))
         try:
             # At the versions read: the node's own keepalive in between, or another coordinator
             # marking it first, makes this write fail. One winner, one fence.
-            ops: list[Op] = [Set(schema.node_key(name, "daemonstate"), "dead", entry.version)]
-            if ka is not None:
-                ops.append(Check(keepalive, ka.version))
             core.store.commit(ops)
         except (Conflict, NotFound, AlreadyExists):
             continue
-        age_text = f"{age:.0f} s" if age is not None else "ever"
-        log.warning("Node %s is dead: no keepalive for %s (limit %g s)", quote(name), age_text, limit)
+        age_text = f"for {age:.0f} s" if age is not None else "at all"
+        log.warning("Node %s is dead: no keepalive %s (limit %g s)", quote(name), age_text, limit)
         if release_primary(agent, name):
             log.warning("Released the primary coordinator role of dead node %s", quote(name))
         if values.get("daemonmode") == "coordinator" and values.get("routerstate") == "primary":

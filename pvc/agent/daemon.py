@@ -28,6 +28,10 @@ from pvc.lib.vm_records import vm_uuids
 
 log = logging.getLogger("pvc.agent")
 
+#: Least time between two publications of the figures outside the keepalive (a burst of VM
+#: starts is published once, not once per VM).
+FIGURES_SPACING = 0.2
+
 
 def is_coordinator(core: Cluster, name: str, local: bool) -> bool:
     """pvc.node.coordinator when set; else whether the node is one of the coordinators' hosts
@@ -105,6 +109,7 @@ class Agent:
             self._control.join(max(deadline - time.monotonic(), 0.1))
         if self.domain_state._thread.is_alive():
             self.domain_state.join(max(deadline - time.monotonic(), 0.1))
+        self.vms.join(max(deadline - time.monotonic(), 0.1))  # before the hypervisor closes
         self._cancel_watches()
         try:
             self._report("shutdown")
@@ -170,6 +175,7 @@ class Agent:
     def _loop(self) -> None:
         interval = self.core.settings.keepalive_interval
         next_keepalive = time.monotonic()
+        last_publish = 0.0
         while not self.stopping.is_set():
             now = time.monotonic()
             try:
@@ -179,8 +185,10 @@ class Agent:
                 if now >= next_keepalive:
                     next_keepalive = now + interval
                     self._keepalive()
-                elif self._figures_due:
+                    last_publish = now
+                elif self._figures_due and now - last_publish >= FIGURES_SPACING:
                     self._publish()
+                    last_publish = now
                 if self.running:
                     follow_primary(self)
                 if self._store_problem is not None:
@@ -193,7 +201,10 @@ class Agent:
                 self._vms_due = True
             except Exception:
                 log.exception("Node %s: keepalive failed", quote(self.name))
-            self._wake.wait(max(next_keepalive - time.monotonic(), 0))
+            wake_at = next_keepalive
+            if self._figures_due:  # a burst of VM changes publishes once per FIGURES_SPACING
+                wake_at = min(wake_at, last_publish + FIGURES_SPACING)
+            self._wake.wait(max(wake_at - time.monotonic(), 0))
             self._wake.clear()
 
     def _sync_vms(self) -> None:

@@ -130,18 +130,19 @@ class LibvirtHypervisor(Hypervisor):
 
     def _call(self, what: str, fn: Callable[[Any], Any]) -> Any:
         libvirt = _libvirt()
+        conn = self._c()
         try:
-            return fn(self._c())
+            return fn(conn)
         except libvirt.libvirtError as e:
-            if e.get_error_code() in (libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_INVALID_CONN,
-                                      libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_ERR_RPC):
-                with self._lock:
+            if not _broken(libvirt, conn, e):
+                raise HypervisorError(f"{what}: {_text(e)}") from None
+            with self._lock:
+                if self._conn is conn:  # another thread may have re-opened it already
                     self._drop()
-                try:
-                    return fn(self._c())
-                except libvirt.libvirtError as again:
-                    raise HypervisorError(f"{what}: {_text(again)}") from None
-            raise HypervisorError(f"{what}: {_text(e)}") from None
+            try:
+                return fn(self._c())
+            except libvirt.libvirtError as again:
+                raise HypervisorError(f"{what}: {_text(again)}") from None
 
     def _lookup(self, conn: Any, uuid: str) -> Any:
         libvirt = _libvirt()
@@ -235,12 +236,16 @@ class LibvirtHypervisor(Hypervisor):
 
     def migrate(self, uuid: str, target_uri: str, data_uri: str | None, timeout: float) -> None:
         libvirt = _libvirt()
-        conn = self._c()
-        if conn.getType().lower() == "test":
-            raise MigrationUnsupported("libvirt's test driver cannot migrate")
-        dom = self._lookup(conn, uuid)
-        if dom is None or not dom.isActive():
-            raise HypervisorError(f"domain {uuid} is not running here")
+
+        def source(conn: Any) -> Any:
+            if conn.getType().lower() == "test":
+                raise MigrationUnsupported("libvirt's test driver cannot migrate")
+            dom = self._lookup(conn, uuid)
+            if dom is None or not dom.isActive():
+                raise HypervisorError(f"domain {uuid} is not running here")
+            return dom
+
+        dom = self._call(f"cannot migrate domain {uuid}", source)
         try:
             target = libvirt.open(target_uri)
         except libvirt.libvirtError as e:
@@ -269,6 +274,18 @@ class LibvirtHypervisor(Hypervisor):
     def close(self) -> None:
         with self._lock:
             self._drop()
+
+
+def _broken(libvirt: Any, conn: Any, error: Any) -> bool:
+    """Whether ``error`` came from a dead connection (libvirtd restarted or gone): a restart shows as
+    VIR_ERR_INTERNAL_ERROR "client socket is closed", so ask the connection itself too."""
+    if error.get_error_code() in (libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_INVALID_CONN,
+                                  libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_ERR_RPC):
+        return True
+    try:
+        return not conn.isAlive()
+    except libvirt.libvirtError:
+        return True
 
 
 def _abort(dom: Any) -> None:

@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from pvc.agent.hypervisor import HypervisorError, MigrationUnsupported
+from pvc.agent.hypervisor import HypervisorError, HypervisorUnavailable, MigrationUnsupported
 from pvc.lib import schema
 from pvc.lib.errors import AlreadyExists, Conflict, InvalidArgument, NotFound, PvcError, quote
 from pvc.lib.store import Set
@@ -97,6 +97,16 @@ class VmController:
         with self._lock:
             return len(self._tasks)
 
+    def join(self, timeout: float) -> bool:
+        """Wait until no VM is being acted on (after wake_all); False at the deadline."""
+        deadline = time.monotonic() + timeout
+        pause = threading.Event()
+        while self.busy():
+            if time.monotonic() > deadline:
+                return False
+            pause.wait(0.01)
+        return True
+
     def wake_all(self) -> None:
         """Interrupt every wait (the agent is stopping)."""
         with self._lock:
@@ -115,8 +125,10 @@ class VmController:
                 self.reconcile(uuid, task)
             except Interrupted:
                 pass
-            except HypervisorError as e:
+            except HypervisorUnavailable as e:
                 self.agent.report_hypervisor(e)
+            except HypervisorError as e:
+                log.warning("VM %s: %s (looked at again on the next change or keepalive)", uuid, e)
             except PvcError as e:  # the store is unreachable, or the VM changed under us
                 log.warning("VM %s: %s (looked at again on the next change or keepalive)", uuid, e.message)
             except Exception:

@@ -429,6 +429,11 @@ def settings_from_mapping(data: Any, source: str, env: Mapping[str, str]) -> Set
     problems.extend(_cross_checks(values, failed))
     if problems:
         raise ConfigError(problems)
+    uri = values.get("libvirt_uri")
+    if uri and uri.startswith("test:") and not uri.startswith("test://"):
+        # pvc's shorthand for libvirt's test driver on a node file: test:PATH, relative to this file.
+        values["libvirt_uri"] = "test://" + os.path.join(os.path.dirname(os.path.abspath(source)),
+                                                         os.path.expanduser(uri[len("test:"):]))
     if not values.get("store_path"):
         values["store_path"] = default_store_path(env)
     else:  # a relative path is relative to the configuration file, not to where pvc runs

@@ -89,6 +89,13 @@ class AgentCluster:
             node_ops.wait_domain_state(self.core, name, "ready", timeout=10)
         return agent
 
+    def crash(self, name: str) -> None:
+        """End ``name``'s agent as a crash would: nothing written, its keepalive just stops (its
+        daemon state stays ``run``). Its domains keep running in its private hypervisor, as they
+        would on a hung host."""
+        self.agents[name].stop(clean=False)
+        assert self.node(name)["daemon_state"] == "run"
+
     def node(self, name: str) -> dict[str, Any]:
         return node_ops.get_node(self.core, name)[0]
 

@@ -163,7 +163,7 @@ def test_flush_and_ready_with_several_vms(agents: AgentCluster, cli: Any) -> Non
     result = cli("node", "flush", "hv1", "--wait", "--timeout", "30")
     assert result.exit_code == 0, result.output
     assert "reports domain state 'flushed'" in result.output
-    assert result.output.count("left node 'hv1'") == 5  # a progress line per VM moved
+    assert result.output.count("left node 'hv1': start on") == 5  # a progress line per VM moved
     assert agents.node("hv1")["domain_state"] == "flushed" and agents.active("hv1") == set()
     for i in range(5):
         vm = agents.vm(f"vm{i}")
@@ -175,7 +175,7 @@ def test_flush_and_ready_with_several_vms(agents: AgentCluster, cli: Any) -> Non
         _only("hv1", agents)
     result = cli("node", "ready", "hv1", "--wait", "--timeout", "30")
     assert result.exit_code == 0, result.output
-    assert result.output.count("arrived on node 'hv1'") == 5
+    assert result.output.count("is back on node 'hv1': start") == 5
     for i in range(5):
         until(lambda i=i: agents.settled(f"vm{i}", "start", "hv1"), what=f"vm{i} back on hv1")
         assert agents.vm(f"vm{i}")["last_node"] == ""
@@ -259,14 +259,17 @@ def test_an_unreachable_hypervisor_is_one_line_and_takes_no_vms(agents: AgentClu
 
 
 def test_a_cleanly_stopped_agent_becomes_dead_and_is_never_chosen(agents: AgentCluster) -> None:
-    agents.start("hv1")
+    """Dead (nothing is placed on it), but not fenced: its agent left its VMs running on purpose,
+    and they stay, whatever failed_fence says."""
+    agents.start("hv1", failed_fence="migrate")
     agents.start("hv2")
     agents.define("vm1", 1, "hv2")
     agents.agents["hv2"].stop()
     assert agents.node("hv2")["daemon_state"] == "stop"
     until(lambda: agents.node("hv2")["daemon_state"] == "dead", timeout=3 + 2, what="hv2 dead")
-    problem = until(lambda: agents.node("hv2")["problem"], what="the fence outcome")
-    assert "not fenced: no BMC is configured" in problem and "stay where they are" in problem
+    problem = until(lambda: agents.node("hv2")["problem"], what="the outcome")
+    assert uuid_of(1) not in agents.active("hv1")
+    assert "its agent stopped cleanly" in problem and "not fenced" in problem and "stay where they are" in problem
     vm = agents.vm("vm1")
     assert vm["node"] == "hv2" and vm["state"] == "start"  # unfenced: not started elsewhere
     assert agents.node("hv2")["domain_state"] == "flushed"
@@ -279,7 +282,7 @@ def test_a_dead_nodes_vms_start_elsewhere_when_the_config_says_so(agents: AgentC
     agents.start("hv1", failed_fence="migrate")
     agents.start("hv2", failed_fence="migrate")
     agents.define("vm1", 1, "hv2")
-    agents.agents["hv2"].stop()
+    agents.crash("hv2")
     until(lambda: agents.settled("vm1", "start", "hv1"), timeout=8, what="vm1 restarted on hv1")
     assert agents.vm("vm1")["last_node"] == "hv2"
     assert "started elsewhere: vm1 → hv1" in agents.node("hv2")["problem"]

@@ -671,6 +671,28 @@ def test_cancel_stops_notifications(tree: Store) -> None:
         h2.cancel()
 
 
+def test_threads_that_end_leave_no_connection_open(tree: Store) -> None:
+    """An agent reads from a new thread per VM action: each thread's store connection must go
+    with the thread, not pile up until the process runs out of file descriptors."""
+    import gc
+
+    def fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    tree.get("/t")
+    gc.collect()
+    before = fds()
+    for _ in range(5):
+        threads = [threading.Thread(target=tree.get, args=("/t",)) for _ in range(40)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    gc.collect()
+    assert fds() - before < 10, f"{fds() - before} file descriptors more after 200 threads"
+    assert tree.get("/t").value == "root"  # still usable from this thread
+
+
 def test_cancel_leaves_no_watcher_behind(tree: Store) -> None:
     """A cancelled watch is gone from the engine at once, not when its key next changes (kazoo
     keeps a recipe's watcher until it fires; an agent cancels one per undefined VM)."""

@@ -12,6 +12,10 @@ coordinator wins and fences it (one fence per death). A dead primary's key is re
 so a live coordinator takes over within an interval. The dead node's VMs are started elsewhere
 only after its fence is confirmed (or when ``failed_fence`` says so): two copies of a VM writing
 one disk is the worst failure a cluster can have. Otherwise they stay, and the node says why.
+
+A node whose agent stopped cleanly (it reported ``stop``) is marked dead the same way, so nothing
+is placed on it, but it is not fenced: its agent left its VMs running on purpose (an upgrade, a
+restart), and power-cycling the host would kill them. Its VMs stay until its agent runs again.
 """
 
 from __future__ import annotations
@@ -95,6 +99,7 @@ def check_nodes(agent: "Agent") -> None:
         state, keepalive = entries[state_key], entries[keepalive_key]
         if state is None or state.value == "dead":
             continue
+        clean = state.value == "stop"
         age = keepalive_age({"keepalive": keepalive.value if keepalive else None})
         if age is not None and age <= limit:
             continue
@@ -114,24 +119,31 @@ def check_nodes(agent: "Agent") -> None:
         if values.get("daemonmode") == "coordinator" and values.get("routerstate") == "primary":
             core.store.write({schema.node_key(name, "routerstate"): "secondary"})
         agent.wake()  # a free /primary_node is claimed at once
-        threading.Thread(target=_fence_and_recover, args=(agent, name), name=f"pvc-fence-{name}",
+        threading.Thread(target=_fence_and_recover, args=(agent, name, clean), name=f"pvc-fence-{name}",
                          daemon=True).start()
 
 
-def _fence_and_recover(agent: "Agent", node: str) -> None:
+def _fence_and_recover(agent: "Agent", node: str, clean: bool) -> None:
     try:
-        handle_dead_node(agent, node)
+        handle_dead_node(agent, node, clean)
     except PvcError as e:
         log.error("Handling dead node %s failed: %s", quote(node), e.message)
     except Exception:
         log.exception("Handling dead node %s failed", quote(node))
 
 
-def handle_dead_node(agent: "Agent", node: str) -> str:
-    """Fence ``node``, then start its VMs elsewhere or leave them, as the configuration says.
-    Returns (and records as the node's ``problem``) what was done."""
+def handle_dead_node(agent: "Agent", node: str, clean: bool = False) -> str:
+    """Fence ``node``, then start its VMs elsewhere or leave them, as the configuration says
+    (``clean``: its agent stopped cleanly; it is not fenced and its VMs stay). Returns (and
+    records as the node's ``problem``) what was done."""
     core = agent.core
     settings = core.settings
+    if clean:
+        problem = (f"dead since {time.strftime('%Y-%m-%d %H:%M:%S')}: its agent stopped cleanly and has not come "
+                   "back; not fenced, its VMs stay where they are until its agent runs again")
+        log.warning("Node %s: %s", quote(node), problem)
+        _record(core, node, problem)
+        return problem
     result = fence(settings.bmc_of(node))
     if result.confirmed:
         log.warning("Fenced node %s: %s", quote(node), result.detail)
@@ -162,7 +174,13 @@ def handle_dead_node(agent: "Agent", node: str) -> str:
         vms = f"its VMs stay where they are (pvc.system.fencing.actions.{which} is none)"
     problem = f"dead since {time.strftime('%Y-%m-%d %H:%M:%S')}: {how}; {vms}"
     log.warning("Node %s: %s", quote(node), problem)
-    # Only while it is still dead: a node that came back meanwhile keeps its own state.
+    _record(core, node, problem)
+    return problem
+
+
+def _record(core: Cluster, node: str, problem: str) -> None:
+    """The dead node's outcome: ``flushed`` and the problem, only while it is still dead (a node
+    that came back meanwhile keeps its own state)."""
     state_key = schema.node_key(node, "daemonstate")
     keys = [state_key, schema.node_key(node, "domainstate"), schema.node_key(node, "problem")]
     entries = core.store.get_many(keys)
@@ -172,7 +190,6 @@ def handle_dead_node(agent: "Agent", node: str) -> str:
             core.store.commit(ops)
         except (Conflict, NotFound, AlreadyExists):
             pass
-    return problem
 
 
 def put_ops(entries: Mapping[str, Entry | None], values: Mapping[str, str]) -> list[Op]:

@@ -95,11 +95,14 @@ class Agent:
         self.domain_state.start()
         self._control.start()
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop the work, hand over the primary role, report ``stop``. VMs keep running."""
+    def stop(self, timeout: float = 10.0, clean: bool = True) -> None:
+        """Stop the work, hand over the primary role, report ``stop``. VMs keep running.
+
+        ``clean=False`` writes nothing to the store, as a killed process would not: the node
+        then looks like one that crashed (its coordinators mark it dead and fence it)."""
         if self.stopping.is_set():
             return
-        log.info("Node agent %s stopping", quote(self.name))
+        log.info("Node agent %s stopping%s", quote(self.name), "" if clean else " without reporting it")
         self.stopping.set()
         self._wake.set()
         self.domain_state.stop()
@@ -111,6 +114,9 @@ class Agent:
             self.domain_state.join(max(deadline - time.monotonic(), 0.1))
         self.vms.join(max(deadline - time.monotonic(), 0.1))  # before the hypervisor closes
         self._cancel_watches()
+        if not clean:
+            self.hv.close()
+            return
         try:
             self._report("shutdown")
             if release_primary(self, self.name):

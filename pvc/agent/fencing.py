@@ -28,7 +28,7 @@ class FenceResult:
 
 def _ipmitool(bmc: Bmc, password: str, *command: str) -> str:
     # -C 3: a cipher suite every BMC offers, which skips a slow discovery; -N/-R bound the retries.
-    argv = ["ipmitool", "-I", "lanplus", "-C", "3", "-N", "1", "-R", "2", "-H", bmc.host, "-p", str(bmc.port),
+    argv = ["ipmitool", "-I", "lanplus", "-C", "3", "-N", "1", "-R", "1", "-H", bmc.host, "-p", str(bmc.port),
             "-U", bmc.user, "-E", *command]
     env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "IPMI_PASSWORD": password}
     try:

@@ -144,17 +144,29 @@ class DomainStateWorker:
         s = self.core.settings
         return s.migration_timeout + s.shutdown_timeout + 2 * s.keepalive_interval
 
-    def _wait_settled(self, vm: Vm, settled: Callable[[Vm], bool]) -> Vm:
-        """Wait (watch, with a deadline) until the VM's keys satisfy ``settled``."""
+    def _wait_settled(self, vm: Vm, settled: Callable[[Vm], bool], target: str | None = None) -> Vm:
+        """Wait (watch, with a deadline) until the VM's keys satisfy ``settled``; with
+        ``target``, a VM in state ``start`` on it is settled only once the target's agent
+        reports it running (a VM handed over cold may still fail to start there)."""
         keys = [schema.domain_key(vm.uuid, f) for f in ("state", "node")]
+        running_key = schema.node_key(target, "runningdomains") if target else None
+        if running_key:
+            keys.append(running_key)
         latest: list[Vm] = [vm]
 
         def check() -> bool:
             found = read_vms(self.core, [vm.uuid], ("state", "node", "lastnode"))
             if not found:
                 return True  # undefined meanwhile: nothing left to move
-            latest[0] = found[0]
-            return settled(found[0]) or self.agent.stopping.is_set()
+            latest[0] = v = found[0]
+            if self.agent.stopping.is_set():
+                return True
+            if not settled(v):
+                return False
+            if running_key and v.state == "start" and v.node == target:
+                running = self.core.store.get_many([running_key])[running_key]
+                return running is not None and vm.uuid in running.value.split()
+            return True
 
         self.core.store.wait_for(keys, check, self._deadline(),
                                  describe=lambda: f"it is still {latest[0].state} on {latest[0].node}")
@@ -180,7 +192,7 @@ class DomainStateWorker:
             return f"{vm.name} shut down ({e.message.rstrip('.')})"
         if not self._write(vm, {"state": "migrate", "node": target, "lastnode": vm.last_node or self.name}):
             return f"{vm.name} changed meanwhile; left as it is"
-        done = self._wait_settled(vm, lambda v: v.state != "migrate")
+        done = self._wait_settled(vm, lambda v: v.state != "migrate", target)
         if done.state == "failed":
             return f"{vm.name} failed to move to {target}"
         log.info("Flush of %s: VM %s moved to %s", quote(self.name), quote(vm.name), quote(target))
@@ -203,7 +215,7 @@ class DomainStateWorker:
             return None
         if not self._write(vm, {"state": "migrate", "node": self.name, "lastnode": ""}):
             return f"{vm.name} changed meanwhile; left where it is"
-        done = self._wait_settled(vm, lambda v: v.state != "migrate")
+        done = self._wait_settled(vm, lambda v: v.state != "migrate", self.name)
         if done.state == "failed":
             return f"{vm.name} failed to come back"
         log.info("Ready of %s: VM %s is back", quote(self.name), quote(vm.name))

@@ -175,9 +175,16 @@ class LibvirtHypervisor(Hypervisor):
         return self._call("cannot list the domains", read)
 
     def is_active(self, uuid: str) -> bool:
+        libvirt = _libvirt()
+
         def read(conn: Any) -> bool:
             dom = self._lookup(conn, uuid)
-            return bool(dom is not None and dom.isActive())
+            try:
+                return bool(dom is not None and dom.isActive())
+            except libvirt.libvirtError as e:
+                if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:  # undefined since the lookup
+                    return False
+                raise
 
         return self._call(f"cannot look up domain {uuid}", read)
 

@@ -132,7 +132,8 @@ def _read_files(op: Operation, values: dict[str, Any]) -> None:
 
 
 def _command(op: Operation, verb: str, help_text: str, fixed: dict[str, Any], wait: Callable[..., str] | None,
-             omit: tuple[str, ...] = (), destructive: bool | None = None) -> click.Command:
+             omit: tuple[str, ...] = (), destructive: bool | None = None,
+             before: Callable[..., Any] | None = None) -> click.Command:
     destructive = op.destructive if destructive is None else destructive
     hidden = set(fixed) | set(omit)
     params = [c for p in op.params if p.name not in hidden for c in click_params(p)]
@@ -176,10 +177,11 @@ def _command(op: Operation, verb: str, help_text: str, fixed: dict[str, Any], wa
                 values[p.name] = p.cli_default()
         core = ctx.find_object(CliContext).core()
         try:
+            baseline = before(core, **values) if waiting and before is not None else None
             result = op.func(core, **values)
             if waiting and wait is not None:
                 click.echo(result)
-                result = wait(core, **values, timeout=timeout, progress=click.echo)
+                result = wait(core, **values, timeout=timeout, progress=click.echo, before=baseline)
         except PvcError as e:
             raise CommandFailed(e) from None
         except KeyboardInterrupt:  # Click would say "Aborted!" and exit 1; the table says 130
@@ -216,7 +218,7 @@ def commands_for(op: Operation) -> list[tuple[str, click.Command, tuple[str, ...
     if not op.variants:
         return [(op.verb, _command(op, op.verb, op.help, {}, None), ())]
     # A variant's own help only: the operation's text speaks of values the variant fixes or omits.
-    return [(v.verb, _command(op, v.verb, v.help, dict(v.fixed), v.wait, v.omit, v.destructive), v.aliases)
+    return [(v.verb, _command(op, v.verb, v.help, dict(v.fixed), v.wait, v.omit, v.destructive, v.before), v.aliases)
             for v in op.variants]
 
 

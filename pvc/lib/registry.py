@@ -71,8 +71,12 @@ class Variant:
     fixed: Mapping[str, Any]
     help: str
     aliases: tuple[str, ...] = ()
-    #: A library function ``wait(core, **values, timeout=...)`` offered as ``--wait``.
+    #: A library function ``wait(core, **values, timeout=..., progress=..., before=...)`` offered
+    #: as ``--wait``; ``progress`` takes lines to show while waiting.
     wait: Callable[..., str] | None = None
+    #: With --wait, run before the operation; what it returns is ``wait``'s ``before`` (the state
+    #: progress is reported against, read before the change can start).
+    before: Callable[..., Any] | None = None
     #: Values this command does not offer (they keep their defaults).
     omit: tuple[str, ...] = ()
     #: Ask before running (``--yes`` skips); None: as the operation says.

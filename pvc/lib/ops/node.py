@@ -17,7 +17,7 @@ from pvc.lib.match import select
 from pvc.lib.node_records import DAEMON_STATES, DOMAIN_REQUESTS, DOMAIN_STATES, node_names, node_object, read_nodes
 from pvc.lib.registry import Param, Variant, completer, operation
 from pvc.lib.store import Check, Create, Set
-from pvc.lib.vm_records import read_vms
+from pvc.lib.vm_records import read_vms, vm_uuids
 
 __all__ = ["DAEMON_STATES", "DOMAIN_STATES", "node_names", "node_object", "read_nodes"]
 
@@ -140,39 +140,62 @@ def set_coordinator_state(core: Cluster, node: str, state: str) -> str:
     return message
 
 
+#: VM states in which a VM runs on its node (or is about to).
+RUNNING = ("start", "restart", "migrate")
+
+
+def movable_vms(core: Cluster, node: str, state: str | None = None) -> dict[str, set[str]]:
+    """What a flush or ready of ``node`` will move: the VMs running there (``here``) and those
+    migrated away from it (``away``), read before the request so that no move is missed."""
+    vms = read_vms(core, vm_uuids(core), ("state", "node", "lastnode"))
+    return {"here": {v.uuid for v in vms if v.node == node and v.state in RUNNING},
+            "away": {v.uuid for v in vms if v.last_node == node and v.node != node}}
+
+
 def wait_domain_state(core: Cluster, node: str, state: str, timeout: float | None = None,
-                      progress: Callable[[str], None] | None = None) -> str:
+                      progress: Callable[[str], None] | None = None,
+                      before: dict[str, set[str]] | None = None) -> str:
     """Wait until the node's agent reports the result of a flush (``flushed``) or ready (``ready``).
 
-    ``progress`` gets a line for each VM that leaves or arrives on the node meanwhile."""
+    ``progress`` gets a line for each VM moved meanwhile, of those :func:`movable_vms` found
+    (``before``, read before the request; else now)."""
     _, done = DOMAIN_REQUESTS[state]
     path = schema.node_key(node, "domainstate")
-    running_key = schema.node_key(node, "runningdomains")
     current: dict[str, str | None] = {}
-    seen: list[set[str] | None] = [None]
+    tracked: set[str] = set()
+    if progress is not None:
+        tracked = (before if before is not None else movable_vms(core, node))["here" if state == "flush" else "away"]
+    reported: set[str] = set()
 
-    def report(now: set[str]) -> None:
-        before = seen[0]
-        seen[0] = now
-        if progress is None or before is None or now == before:
-            return
-        for v in read_vms(core, sorted(now ^ before), ("state", "node")):
-            where = "arrived on" if v.uuid in now else "left"
-            progress(f"VM {quote(v.name)} {where} node {quote(node)} (now {v.state} on {v.node})")
+    def report() -> None:
+        for v in read_vms(core, sorted(tracked - reported), ("state", "node")):
+            if v.state == "migrate" or v.state in ("restart", "shutdown"):
+                continue  # still moving
+            if state == "flush" and v.node != node:
+                line = f"VM {quote(v.name)} left node {quote(node)}: {v.state} on {quote(v.node)}"
+            elif state == "flush" and v.state in ("stop", "failed"):
+                line = f"VM {quote(v.name)} could not move and is {v.state} on node {quote(node)}"
+            elif state == "ready" and v.node == node:
+                line = f"VM {quote(v.name)} is back on node {quote(node)}: {v.state}"
+            else:
+                continue
+            reported.add(v.uuid)
+            assert progress is not None
+            progress(line)
 
     def reached() -> bool:
-        entries = core.store.get_many([path, running_key])
-        entry = entries[path]
+        entry = core.store.get_many([path])[path]
         if entry is None:
             raise NotFound(f"Node {quote(node)} not found.")
-        running = entries[running_key]
-        report(set(running.value.split()) if running is not None else set())
+        if tracked:
+            report()
         current["state"] = entry.value
         return entry.value == done
 
     timeout = core.settings.wait_timeout if timeout is None else timeout
+    keys = [path] + [schema.domain_key(u, "state") for u in sorted(tracked)]
     core.store.wait_for(
-        [path, running_key], reached, timeout,
+        keys, reached, timeout,
         describe=lambda: f"node {quote(node)} still reports domain state {quote(current.get('state'))}, not {quote(done)}.",
     )
     return f"Node {quote(node)} reports domain state {quote(done)}."
@@ -187,12 +210,14 @@ def wait_domain_state(core: Cluster, node: str, state: str, timeout: float | Non
     variants=(
         Variant("flush", {"state": "flush"},
                 "Flush a node: move its running VMs away.\n\nWrites `flush` for the node agent to carry out; "
-                "it reports `flushed` when done (--wait waits for that). A flushed node changes nothing.",
-                wait=wait_domain_state),
+                "it reports `flushed` when done (--wait waits for that, with a line per VM moved). A flushed "
+                "node changes nothing.",
+                wait=wait_domain_state, before=movable_vms),
         Variant("ready", {"state": "ready"},
                 "Return a flushed node to service.\n\nWrites `unflush` for the node agent to carry out; it "
-                "reports `ready` when done (--wait waits for that). A ready node changes nothing.",
-                aliases=("unflush",), wait=wait_domain_state),
+                "reports `ready` when done (--wait waits for that, with a line per VM brought back). A ready "
+                "node changes nothing.",
+                aliases=("unflush",), wait=wait_domain_state, before=movable_vms),
     ),
 )
 def set_domain_state(core: Cluster, node: str, state: str) -> str:

@@ -15,6 +15,7 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 from typing import Callable, Iterable, Sequence
 
 from pvc.lib.errors import AlreadyExists, Conflict, NotFound, Unavailable
@@ -52,7 +53,9 @@ class EmbeddedStore(Store):
         self.path = os.path.abspath(os.path.expanduser(path))
         self.timeout = timeout
         self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
+        #: Every thread's connection, held weakly: a thread that ends drops its own (an agent runs
+        #: a thread per VM action; kept connections would pile up to the file-descriptor limit).
+        self._connections: "weakref.WeakSet[_Held]" = weakref.WeakSet()
         self._lock = threading.Lock()
         self._closed = False
         self._watches: dict[int, _Watch] = {}
@@ -79,18 +82,18 @@ class EmbeddedStore(Store):
         except BaseException:
             conn.close()
             raise
-        with self._lock:
-            self._connections.append(conn)
         return conn
 
     def _conn(self) -> sqlite3.Connection:
-        """One connection per thread, kept for the life of the store."""
+        """One connection per thread, kept while the thread lives (or until the store closes)."""
         if self._closed:
             raise Unavailable("The embedded store is closed.")
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._local.conn = self._connect()
-        return conn
+        held = getattr(self._local, "held", None)
+        if held is None:
+            held = self._local.held = _Held(self._connect())
+            with self._lock:
+                self._connections.add(held)
+        return held.conn
 
     def _run(self, fn: Callable[[sqlite3.Connection], object]) -> object:
         self.round_trips += 1
@@ -249,12 +252,29 @@ class EmbeddedStore(Store):
         if self._watcher is not None and self._watcher is not threading.current_thread():
             self._watcher.join(timeout=2)
         with self._lock:
-            connections, self._connections = self._connections, []
-        for conn in connections:
-            try:
-                conn.close()
-            except sqlite3.Error:
-                pass
+            connections = list(self._connections)
+            self._connections = weakref.WeakSet()
+        for held in connections:
+            held.close()
+
+
+class _Held:
+    """A thread's connection, closed when the thread ends (its thread-local storage goes) or the
+    store closes. (sqlite3 connections cannot be weakly referenced; this holder can.)"""
+
+    __slots__ = ("conn", "__weakref__")
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+
+    def close(self) -> None:
+        try:
+            self.conn.close()
+        except sqlite3.Error:
+            pass
+
+    def __del__(self) -> None:
+        self.close()
 
 
 class _Watch:

@@ -276,7 +276,9 @@ class ZooKeeperStore(Store):
         marked stopped and its watcher and session listener are removed from the client."""
         for recipe in recipes:
             recipe._stopped = True  # type: ignore[attr-defined]
-            recipe._func = None  # type: ignore[attr-defined]
+            # Not None: a change being delivered right now still calls it (kazoo's own lock cannot
+            # be taken here, a watch may be cancelled from its own callback); False ends it.
+            recipe._func = _stopped  # type: ignore[attr-defined]
             self.client.remove_listener(recipe._session_watcher)  # type: ignore[attr-defined]
             # The client keys its watchers by the server's path, with the chroot.
             path = (self.client.chroot or "") + recipe._path  # type: ignore[attr-defined]
@@ -298,6 +300,11 @@ class ZooKeeperStore(Store):
             self.client.close()
         except KazooException:
             pass
+
+
+def _stopped(*_args: object) -> bool:
+    """The function of a cancelled kazoo watch recipe: tells kazoo to stop."""
+    return False
 
 
 def _translate(error: Exception, path: str | None = None) -> PvcError:

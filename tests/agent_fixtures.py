@@ -96,6 +96,14 @@ class AgentCluster:
         self.agents[name].stop(clean=False)
         assert self.node(name)["daemon_state"] == "run"
 
+    def outcome(self, name: str, timeout: float = 10.0) -> str:
+        """A dead node's recorded outcome (its ``problem`` once the fence is over)."""
+        def done() -> str | None:
+            problem = self.node(name)["problem"]
+            return problem if problem and not problem.startswith("dead: being fenced by ") else None
+
+        return until(done, timeout=timeout, what=f"the outcome of dead node {name}")
+
     def node(self, name: str) -> dict[str, Any]:
         return node_ops.get_node(self.core, name)[0]
 

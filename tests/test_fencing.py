@@ -115,7 +115,7 @@ def record_starts(agents: AgentCluster, node: str, seen: Callable[[], Any]) -> l
 def problem_of(agents: AgentCluster, node: str, timeout: float) -> str:
     """The dead node's problem, once the coordinator has written the fence's outcome."""
     until(lambda: agents.node(node)["daemon_state"] == "dead", timeout=timeout, what=f"{node} dead")
-    return until(lambda: agents.node(node)["problem"], timeout=timeout, what=f"the fence outcome of {node}")
+    return agents.outcome(node, timeout)
 
 
 def assert_secret_kept(agents: AgentCluster, password: str, spy: IpmitoolSpy, logs: pytest.LogCaptureFixture,

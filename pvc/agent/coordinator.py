@@ -21,6 +21,7 @@ restart), and power-cycling the host would kill them. Its VMs stay until its age
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from typing import TYPE_CHECKING, Mapping
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING, Mapping
 from pvc.agent.fencing import fence
 from pvc.lib import schema
 from pvc.lib.errors import AlreadyExists, Conflict, InvalidState, NotFound, PvcError, quote
-from pvc.lib.node_records import keepalive_age, node_names, read_nodes
+from pvc.lib.node_records import keepalive_age, node_names, read_nodes, why_not_alive
 from pvc.lib.placement import select_node
 from pvc.lib.core import Cluster
 from pvc.lib.store import Check, Create, Entry, Op, Set
@@ -39,30 +40,39 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pvc.agent.coordinator")
 
-#: VM states of a VM that was running on a node that died.
-WAS_RUNNING = ("start", "restart", "migrate")
 
 
 def follow_primary(agent: "Agent") -> None:
     """Claim ``/primary_node`` when it is free (coordinators whose daemon runs), and set this
-    node's ``routerstate`` from it."""
+    node's ``routerstate`` from it.
+
+    A primary that was made secondary (``pvc node secondary``) holds back for a keepalive
+    interval, so that another coordinator takes over as asked; it claims again only if none did.
+    """
     store = agent.core.store
     me = agent.name
-    primary = store.get(schema.PRIMARY_NODE)
-    if agent.coordinator and primary.value == schema.NO_PRIMARY and agent.running:
+    key = schema.node_key(me, "routerstate")
+    entries = store.get_many([schema.PRIMARY_NODE, key])
+    primary, current = entries[schema.PRIMARY_NODE], entries[key]
+    if primary is None:
+        return  # not initialised (pvc init --yes in progress)
+    if primary.value == schema.NO_PRIMARY and current is not None and current.value == "primary":
+        agent.demoted_at = time.monotonic()  # released by someone else: step aside for a while
+    holding_back = time.monotonic() - agent.demoted_at < agent.core.settings.keepalive_interval
+    if agent.coordinator and primary.value == schema.NO_PRIMARY and agent.running and not holding_back:
         try:
             store.commit([Set(schema.PRIMARY_NODE, me, primary.version)])
             log.info("This node %s is now the primary coordinator", quote(me))
-            primary = store.get(schema.PRIMARY_NODE)
         except (Conflict, NotFound):
-            primary = store.get(schema.PRIMARY_NODE)  # another coordinator won
+            pass  # another coordinator won
+        primary = store.get(schema.PRIMARY_NODE)
     want = ("primary" if primary.value == me else "secondary") if agent.coordinator else "client"
-    key = schema.node_key(me, "routerstate")
-    current = store.get_many([key])[key]
     if current is None or current.value != want:
         store.write({key: want})
         if want == "primary" or (current is not None and current.value == "primary"):
             log.info("Coordinator state of %s: %s", quote(me), want)
+    if holding_back:
+        agent.wake_at(agent.demoted_at + agent.core.settings.keepalive_interval)
 
 
 def release_primary(agent: "Agent", node: str) -> bool:
@@ -78,58 +88,121 @@ def release_primary(agent: "Agent", node: str) -> bool:
     return True
 
 
+#: The ``problem`` of a dead node while a coordinator fences it: its name and when it began.
+FENCING = re.compile(r"^dead: being fenced by (\S+) since (\d+)$")
+#: After this long, a fence still "in progress" is taken over by another coordinator (each
+#: ipmitool call has a deadline, so a live fencer is done long before).
+FENCE_TAKEOVER = 300.0
+
+
 def check_nodes(agent: "Agent") -> None:
-    """Mark the nodes whose keepalive is too old ``dead`` and have them fenced (coordinators)."""
+    """Mark the nodes whose keepalive is too old ``dead`` and have them fenced (coordinators);
+    take over the fences of coordinators that died while fencing."""
     core = agent.core
     limit = core.settings.dead_after()
     names = [n for n in node_names(core) if n != agent.name]
     if not names:
         return
-    fields = ("daemonstate", "keepalive", "routerstate", "daemonmode")
+    fields = ("daemonstate", "keepalive", "routerstate", "daemonmode", "problem")
+    keys = [schema.node_key(n, "keepalive") for n in names]
+    versions = core.store.get_many(keys)
     nodes = read_nodes(core, names, fields)
+    now = time.monotonic()
+    for name in names:
+        # When this coordinator last saw the keepalive change, on its own clock: a node whose
+        # keepalive still changes is alive, whatever the clocks of the two hosts say.
+        entry = versions[schema.node_key(name, "keepalive")]
+        version = entry.version if entry is not None else None
+        if agent.keepalives.get(name, (None, 0.0))[0] != version:
+            agent.keepalives[name] = (version, now)
     for name, values in nodes.items():
-        if values["daemonstate"] in (None, "dead"):
+        if values["daemonstate"] == "dead":
+            _take_over(agent, name, values)
+            continue
+        if values["daemonstate"] is None:
             continue
         age = keepalive_age(values)
         if age is not None and age <= limit:
             continue
-        # Look again, with versions: a keepalive since the first look means alive after all.
-        state_key, keepalive_key = schema.node_key(name, "daemonstate"), schema.node_key(name, "keepalive")
-        entries = core.store.get_many([state_key, keepalive_key])
-        state, keepalive = entries[state_key], entries[keepalive_key]
-        if state is None or state.value == "dead":
-            continue
-        clean = state.value == "stop"
-        age = keepalive_age({"keepalive": keepalive.value if keepalive else None})
-        if age is not None and age <= limit:
-            continue
-        ops: list[Op] = [Set(state_key, "dead", state.version)]
-        if keepalive is not None:
-            ops.append(Check(keepalive_key, keepalive.version))
-        try:
-            # At the versions read: the node's own keepalive in between, or another coordinator
-            # marking it first, makes this write fail. One winner, one fence.
-            core.store.commit(ops)
-        except (Conflict, NotFound, AlreadyExists):
-            continue
-        age_text = f"for {age:.0f} s" if age is not None else "at all"
-        log.warning("Node %s is dead: no keepalive %s (limit %g s)", quote(name), age_text, limit)
-        if release_primary(agent, name):
-            log.warning("Released the primary coordinator role of dead node %s", quote(name))
-        if values.get("daemonmode") == "coordinator" and values.get("routerstate") == "primary":
-            core.store.write({schema.node_key(name, "routerstate"): "secondary"})
-        agent.wake()  # a free /primary_node is claimed at once
-        threading.Thread(target=_fence_and_recover, args=(agent, name, clean), name=f"pvc-fence-{name}",
-                         daemon=True).start()
+        if now - agent.keepalives.get(name, (None, now))[1] < core.settings.keepalive_interval:
+            continue  # its keepalive changed a moment ago: its clock is behind ours
+        _mark_dead(agent, name, values, age, limit)
+
+
+def _mark_dead(agent: "Agent", name: str, values: dict[str, str | None], age: float | None, limit: float) -> None:
+    core = agent.core
+    # Look again, with versions: a keepalive since the first look means alive after all.
+    state_key, keepalive_key = schema.node_key(name, "daemonstate"), schema.node_key(name, "keepalive")
+    problem_key, router_key = schema.node_key(name, "problem"), schema.node_key(name, "routerstate")
+    entries = core.store.get_many([state_key, keepalive_key, problem_key, router_key, schema.PRIMARY_NODE])
+    state, keepalive, primary = entries[state_key], entries[keepalive_key], entries[schema.PRIMARY_NODE]
+    if state is None or state.value == "dead":
+        return
+    age = keepalive_age({"keepalive": keepalive.value if keepalive else None})
+    if age is not None and age <= limit:
+        return
+    clean = state.value == "stop"
+    values_to_write = {problem_key: f"dead: being fenced by {agent.name} since {int(time.time())}"}
+    if values.get("routerstate") == "primary":
+        values_to_write[router_key] = "secondary"
+    # One transaction: dead, the fence claimed by this coordinator, and the primary role released
+    # (nothing is left half done if the store fails in between). At the versions read: the node's
+    # own keepalive in between, or another coordinator marking it first, makes it fail.
+    ops: list[Op] = [Set(state_key, "dead", state.version)] + put_ops(entries, values_to_write)
+    if keepalive is not None:
+        ops.append(Check(keepalive_key, keepalive.version))
+    released = primary is not None and primary.value == name
+    if released:
+        ops.append(Set(schema.PRIMARY_NODE, schema.NO_PRIMARY, primary.version))
+    try:
+        core.store.commit(ops)
+    except (Conflict, NotFound, AlreadyExists):
+        return
+    age_text = f"for {age:.0f} s" if age is not None else "at all"
+    log.warning("Node %s is dead: no keepalive %s (limit %g s)%s", quote(name), age_text, limit,
+                "; released its primary coordinator role" if released else "")
+    agent.wake()  # a free /primary_node is claimed at once
+    _start_handling(agent, name, clean)
+
+
+def _take_over(agent: "Agent", name: str, values: dict[str, str | None]) -> None:
+    """A dead node whose fence was claimed by a coordinator that is gone (or took far too long)
+    is fenced by this one: nothing is left unhandled when the fencer dies too."""
+    claim = FENCING.match(values.get("problem") or "")
+    if claim is None or claim.group(1) == agent.name:
+        return
+    fencer, since = claim.group(1), int(claim.group(2))
+    if why_not_alive(agent.core, fencer) is None and time.time() - since < FENCE_TAKEOVER:
+        return
+    problem_key = schema.node_key(name, "problem")
+    entry = agent.core.store.get_many([problem_key])[problem_key]
+    if entry is None or entry.value != values.get("problem"):
+        return
+    try:
+        agent.core.store.commit([Set(problem_key, f"dead: being fenced by {agent.name} since {int(time.time())}",
+                                     entry.version)])
+    except (Conflict, NotFound):
+        return
+    log.warning("Node %s: taking over its fence from %s", quote(name), quote(fencer))
+    _start_handling(agent, name, False)
+
+
+def _start_handling(agent: "Agent", name: str, clean: bool) -> None:
+    threading.Thread(target=_fence_and_recover, args=(agent, name, clean), name=f"pvc-fence-{name}",
+                     daemon=True).start()
 
 
 def _fence_and_recover(agent: "Agent", node: str, clean: bool) -> None:
     try:
         handle_dead_node(agent, node, clean)
-    except PvcError as e:
-        log.error("Handling dead node %s failed: %s", quote(node), e.message)
-    except Exception:
-        log.exception("Handling dead node %s failed", quote(node))
+    except Exception as e:  # the outcome must be recorded, or the node would wait for ever
+        text = e.message if isinstance(e, PvcError) else f"{type(e).__name__}: {e}"
+        log.error("Handling dead node %s failed: %s", quote(node), text, exc_info=not isinstance(e, PvcError))
+        try:
+            _record(agent.core, node, f"dead since {time.strftime('%Y-%m-%d %H:%M:%S')}: handling it failed "
+                                      f"({text}); its VMs stay where they are")
+        except PvcError:
+            pass  # the claim stays; another coordinator takes it over
 
 
 def handle_dead_node(agent: "Agent", node: str, clean: bool = False) -> str:
@@ -151,21 +224,8 @@ def handle_dead_node(agent: "Agent", node: str, clean: bool = False) -> str:
     else:
         log.error("Could not fence node %s: %s", quote(node), result.detail)
         action, how = settings.failed_fence, f"not fenced: {result.detail}"
-    moved, stranded = [], []
     if action == "migrate":
-        for vm in read_vms(core, vm_uuids(core), ("state", "node", "lastnode")):
-            if vm.node != node or vm.state not in WAS_RUNNING + ("shutdown",):
-                continue
-            if vm.state == "shutdown":
-                rewrite_vm(core, vm, {"state": "stop"})
-                continue
-            try:
-                target = select_node(core, None, exclude=node)
-            except InvalidState as e:
-                stranded.append(f"{vm.name} ({e.message})")
-                continue
-            if rewrite_vm(core, vm, {"state": "start", "node": target, "lastnode": vm.last_node or node}):
-                moved.append(f"{vm.name} → {target}")
+        moved, stranded = _restart_vms(core, node)
         vms = f"its VMs were started elsewhere: {', '.join(moved) or 'none were running'}"
         if stranded:
             vms += f"; not restarted: {', '.join(stranded)}"
@@ -190,6 +250,36 @@ def _record(core: Cluster, node: str, problem: str) -> None:
             core.store.commit(ops)
         except (Conflict, NotFound, AlreadyExists):
             pass
+
+
+def _restart_vms(core: Cluster, node: str) -> tuple[list[str], list[str]]:
+    """Start the VMs that ran on the fenced ``node`` on other nodes: those homed there that were
+    running, and those it was migrating away (their target waits). A VM that another live node
+    reports running is left alone; one being migrated *to* the dead node still runs on its
+    source, whose agent takes it back."""
+    names = node_names(core)
+    running = read_nodes(core, names, ("runningdomains", "daemonstate"))
+    elsewhere = {u for n, v in running.items() if n != node and v["daemonstate"] == "run"
+                 for u in (v["runningdomains"] or "").split()}
+    was_here = set((running.get(node, {}).get("runningdomains") or "").split())
+    moved, stranded = [], []
+    for vm in read_vms(core, vm_uuids(core), ("state", "node", "lastnode")):
+        if vm.uuid in elsewhere:
+            continue
+        if vm.node == node and vm.state == "shutdown":
+            rewrite_vm(core, vm, {"state": "stop"})  # it is off now
+        elif vm.node == node and vm.state in ("start", "restart"):
+            try:
+                target = select_node(core, None, exclude=node)
+            except InvalidState as e:
+                stranded.append(f"{vm.name} ({e.message})")
+                continue
+            if rewrite_vm(core, vm, {"state": "start", "node": target, "lastnode": vm.last_node or node}):
+                moved.append(f"{vm.name} → {target}")
+        elif vm.node != node and vm.state == "migrate" and vm.uuid in was_here:
+            if rewrite_vm(core, vm, {"state": "start"}):  # its target starts it
+                moved.append(f"{vm.name} → {vm.node}")
+    return moved, stranded
 
 
 def put_ops(entries: Mapping[str, Entry | None], values: Mapping[str, str]) -> list[Op]:

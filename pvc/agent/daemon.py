@@ -64,6 +64,11 @@ class Agent:
         self.vms = VmController(self)
         self.domain_state = DomainStateWorker(self)
         self._wake = threading.Event()
+        self._wake_at: float | None = None
+        #: When this node was made secondary by someone else (it then holds back from claiming).
+        self.demoted_at = float("-inf")
+        #: Each other node's keepalive version and when this agent saw it change (its own clock).
+        self.keepalives: dict[str, tuple[int | None, float]] = {}
         self._figures_due = False
         self._vms_due = True
         self._hv_problem: str | None = "the hypervisor is not connected yet"
@@ -91,6 +96,11 @@ class Agent:
             self._handles.append(store.watch([schema.DOMAINS], self._domains_changed, children=True))
         except PvcError:
             self._cancel_watches()
+            self.hv.close()
+            try:  # a clean stop: a node left `init` would be taken for crashed and fenced
+                self._report("stop")
+            except PvcError:
+                pass
             raise
         self.domain_state.start()
         self._control.start()
@@ -141,6 +151,10 @@ class Agent:
     # -- notifications (callbacks: quick, no store calls) -------------------------------------
     def wake(self) -> None:
         self._wake.set()
+
+    def wake_at(self, when: float) -> None:
+        """Run the control loop again at ``when`` (monotonic), before the next keepalive."""
+        self._wake_at = when if self._wake_at is None else min(self._wake_at, when)
 
     def figures_changed(self) -> None:
         """A VM started or stopped here: publish the figures soon, not at the next keepalive."""
@@ -210,6 +224,8 @@ class Agent:
             wake_at = next_keepalive
             if self._figures_due:  # a burst of VM changes publishes once per FIGURES_SPACING
                 wake_at = min(wake_at, last_publish + FIGURES_SPACING)
+            if self._wake_at is not None:
+                wake_at, self._wake_at = min(wake_at, self._wake_at), None
             self._wake.wait(max(wake_at - time.monotonic(), 0))
             self._wake.clear()
 
@@ -237,6 +253,8 @@ class Agent:
 
     def _publish(self) -> None:
         """One keepalive: the figures, ``run`` and the time, in one atomic write."""
+        if self.stopping.is_set():
+            return  # a keepalive after stop() began would say `run` again
         with self._publish_lock:
             self._publish_locked()
 

@@ -10,12 +10,16 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import threading
+import time
 from dataclasses import dataclass
 
 from pvc.lib.config import Bmc
 
 log = logging.getLogger("pvc.agent.fencing")
 
+#: Seconds a BMC gets to report the power off after the command.
+POWER_OFF_WAIT = 20.0
 #: Seconds one ipmitool call may take (a BMC that does not answer fails in about 2 s with -N 1 -R 1).
 CALL_TIMEOUT = 20.0
 
@@ -55,9 +59,17 @@ def fence(bmc: Bmc | None) -> FenceResult:
         return FenceResult(False, f"cannot read the BMC password file {bmc.password_file}: {e.strerror or e}")
     try:
         _ipmitool(bmc, password, "chassis", "power", "off")
-        status = _ipmitool(bmc, password, "chassis", "power", "status")
-        if "off" not in status.lower():
-            return FenceResult(False, f"the BMC at {bmc.host} still reports {' '.join(status.split())!r} after power off")
+        # Many BMCs report the power off only after a moment: ask again until a deadline.
+        deadline = time.monotonic() + POWER_OFF_WAIT
+        pause = threading.Event()
+        while True:
+            status = _ipmitool(bmc, password, "chassis", "power", "status")
+            if "off" in status.lower():
+                break
+            if time.monotonic() > deadline:
+                return FenceResult(False, f"the BMC at {bmc.host} still reports {' '.join(status.split())!r} "
+                                          f"{POWER_OFF_WAIT:g} s after power off")
+            pause.wait(1.0)
     except RuntimeError as e:
         return FenceResult(False, str(e))
     detail = f"powered off through its BMC at {bmc.host}:{bmc.port}"

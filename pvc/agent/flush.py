@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Callable
 
 from pvc.agent.coordinator import rewrite_vm
 from pvc.lib import schema
-from pvc.lib.errors import AlreadyExists, Conflict, InvalidState, NotFound, PvcError, Timeout, quote
+from pvc.lib.errors import AlreadyExists, Conflict, InvalidState, NotFound, PvcError, quote
 from pvc.lib.placement import select_node
 from pvc.lib.store import Entry, Set
 from pvc.lib.vm_records import Vm, read_vms, vm_uuids
@@ -72,9 +73,11 @@ class DomainStateWorker:
             raise Cancelled()
 
     def _loop(self) -> None:
+        retry: float | None = None  # a request that failed is tried again after an interval
         while not self.agent.stopping.is_set():
-            self._event.wait()
+            self._event.wait(None if retry is None else max(retry - time.monotonic(), 0))
             self._event.clear()
+            retry = None
             if self.agent.stopping.is_set():
                 return
             try:
@@ -87,9 +90,11 @@ class DomainStateWorker:
                 else:
                     self._run("ready", self._ready)
             except PvcError as e:
-                log.warning("Flush/ready of %s: %s (tried again on the next change)", quote(self.name), e.message)
+                log.warning("Flush/ready of %s: %s (trying again)", quote(self.name), e.message)
+                retry = time.monotonic() + self.core.settings.keepalive_interval
             except Exception:
-                log.exception("Flush/ready of %s failed", quote(self.name))
+                log.exception("Flush/ready of %s failed (trying again)", quote(self.name))
+                retry = time.monotonic() + self.core.settings.keepalive_interval
 
     def _run(self, done: str, work: Callable[[], list[str]]) -> None:
         what = "Flush" if done == "flushed" else "Ready"
@@ -97,7 +102,10 @@ class DomainStateWorker:
         try:
             problems = work()
         except Cancelled:
-            log.info("%s of node %s stopped: a newer request replaced it", what, quote(self.name))
+            why = "the agent stops" if self.agent.stopping.is_set() else "a newer request replaced it"
+            log.info("%s of node %s stopped: %s", what, quote(self.name), why)
+            return
+        if self.agent.stopping.is_set():
             return
         # The node's running domains first, so that whoever sees the outcome sees them current;
         # then the outcome, at the version of the request: a newer request is not overwritten.
@@ -117,13 +125,16 @@ class DomainStateWorker:
         problems: list[str] = []
 
         def one(vm: Vm) -> None:
-            self._check()
             try:
+                self._check()
                 problem = move(vm)
-            except Timeout as e:
+            except Cancelled:
+                raise
+            except PvcError as e:  # a deadline, the store lost: this VM's problem, not the flush's end
                 problem = f"{vm.name}: {e.message}"
-            except PvcError as e:
-                problem = f"{vm.name}: {e.message}"
+            except Exception as e:
+                log.exception("Flush/ready of %s: VM %s", quote(self.name), quote(vm.name))
+                problem = f"{vm.name}: {type(e).__name__}: {e}"
             if problem:
                 problems.append(problem)
 
@@ -160,7 +171,7 @@ class DomainStateWorker:
                 return True  # undefined meanwhile: nothing left to move
             latest[0] = v = found[0]
             if self.agent.stopping.is_set():
-                return True
+                raise Cancelled()  # never "moved" because the agent stops
             if not settled(v):
                 return False
             if running_key and v.state == "start" and v.node == target:

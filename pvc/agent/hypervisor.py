@@ -58,6 +58,12 @@ class Hypervisor:
         raise NotImplementedError
 
     def is_active(self, uuid: str) -> bool:
+        """Whether the domain exists and is active (running, paused, or arriving by migration)."""
+        raise NotImplementedError
+
+    def is_running(self, uuid: str) -> bool:
+        """Whether the domain runs here: active and running, not paused (an incoming migration
+        is paused until it completes)."""
         raise NotImplementedError
 
     def start(self, uuid: str, xml: str) -> None:

@@ -188,6 +188,20 @@ class LibvirtHypervisor(Hypervisor):
 
         return self._call(f"cannot look up domain {uuid}", read)
 
+    def is_running(self, uuid: str) -> bool:
+        libvirt = _libvirt()
+
+        def read(conn: Any) -> bool:
+            dom = self._lookup(conn, uuid)
+            try:
+                return bool(dom is not None and dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING)
+            except libvirt.libvirtError as e:
+                if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    return False
+                raise
+
+        return self._call(f"cannot look up domain {uuid}", read)
+
     # -- actions ------------------------------------------------------------------------------
     def start(self, uuid: str, xml: str) -> None:
         libvirt = _libvirt()
@@ -253,10 +267,7 @@ class LibvirtHypervisor(Hypervisor):
             return dom
 
         dom = self._call(f"cannot migrate domain {uuid}", source)
-        try:
-            target = libvirt.open(target_uri)
-        except libvirt.libvirtError as e:
-            raise HypervisorError(f"cannot connect to the target hypervisor {target_uri}: {_text(e)}") from None
+        target = _open_within(libvirt, target_uri, min(timeout, TARGET_CONNECT_TIMEOUT))
         flags = libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PERSIST_DEST | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
         if self.unsafe_migration:
             flags |= libvirt.VIR_MIGRATE_UNSAFE
@@ -281,6 +292,46 @@ class LibvirtHypervisor(Hypervisor):
     def close(self) -> None:
         with self._lock:
             self._drop()
+
+
+#: Longest wait for a connection to a migration's target (an unreachable host otherwise blocks
+#: for the TCP or ssh timeout).
+TARGET_CONNECT_TIMEOUT = 20.0
+
+
+def _open_within(libvirt: Any, uri: str, timeout: float) -> Any:
+    """libvirt.open(uri) with a deadline; HypervisorError when it fails or takes too long (the
+    attempt then finishes on its own thread, and its connection is closed there)."""
+    lock = threading.Lock()
+    done = threading.Event()
+    result: list[Any] = []
+    abandoned = [False]
+
+    def attempt() -> None:
+        try:
+            outcome: Any = libvirt.open(uri)
+        except libvirt.libvirtError as e:
+            outcome = e
+        with lock:
+            if not abandoned[0]:
+                result.append(outcome)
+                done.set()
+                return
+        if not isinstance(outcome, Exception):  # too late: nobody wants it
+            try:
+                outcome.close()
+            except libvirt.libvirtError:
+                pass
+
+    threading.Thread(target=attempt, name="pvc-libvirt-open", daemon=True).start()
+    done.wait(timeout)
+    with lock:
+        if not result:
+            abandoned[0] = True
+            raise HypervisorError(f"cannot connect to the target hypervisor {uri}: no answer within {timeout:g} s")
+    if isinstance(result[0], Exception):
+        raise HypervisorError(f"cannot connect to the target hypervisor {uri}: {_text(result[0])}")
+    return result[0]
 
 
 def _broken(libvirt: Any, conn: Any, error: Any) -> bool:

@@ -12,13 +12,14 @@ What each agent does with a VM (``node`` is the VM's node in the tree):
 node              active here?        action
 ================  ==================  ===============================================================
 this node         no, state start     start it from the stored XML; a refusal → ``failed`` + reason
-this node         yes, migrate        it arrived: state ``start``
-this node         no, migrate         wait for the source to hand it over (deadline → ``failed``)
+this node         any, migrate        wait for the source to say it is done (state ``start``); at the
+                                      deadline: ``start`` if it runs here, else ``failed``
 this node         any, restart        shut down (deadline, then forced off), start, state ``start``
 this node         any, shutdown       shut down (deadline, then forced off), state ``stop``
 this node         yes, stop           forced off
-another node      yes, migrate        live migration; when impossible or failed, shut down here and
-                                      hand over (state ``start``: the target starts it)
+another node      yes, migrate        live migration, then state ``start``; when impossible or failed,
+                                      shut down here and hand over (state ``start``: the target
+                                      starts it); a target that is not alive: back to this node
 another node      yes, shutdown       shut down here
 another node      yes, anything else  forced off: it must not run in two places
 undefined         yes                 forced off and undefined
@@ -33,10 +34,12 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from pvc.agent.coordinator import rewrite_vm
 from pvc.agent.hypervisor import HypervisorError, HypervisorUnavailable, MigrationUnsupported
 from pvc.lib import schema
 from pvc.lib.errors import AlreadyExists, Conflict, InvalidArgument, NotFound, PvcError, quote
 from pvc.lib.store import Set
+from pvc.lib.node_records import why_not_alive
 from pvc.lib.vm_records import Vm, read_vms, vm_uuids
 from pvc.lib.vm_xml import canonical_uuid, read
 
@@ -158,10 +161,9 @@ class VmController:
         if vm.node == self.name:
             if state == "start" and not active:
                 self._start(vm)
-            elif state == "migrate" and active:
-                self._set_state(vm, "start")
-                log.info("VM %s arrived here", name)
             elif state == "migrate":
+                # Only the source knows when a live migration is done: an incoming domain is
+                # active (paused) before it completes, and gone again if it fails.
                 self._receive(vm, task)
             elif state == "restart":
                 if active:
@@ -258,13 +260,16 @@ class VmController:
         self.agent.figures_changed()
 
     def _receive(self, vm: Vm, task: _Task) -> None:
-        """The VM is being migrated here: the source moves it live (it appears active) or hands
-        it over (state ``start``). Neither within the deadline → ``failed``."""
+        """The VM is being migrated here: its source writes ``start`` once a live migration is
+        done, or once it shut the VM down for a cold move (then this agent starts it). Neither
+        within the deadline: ``start`` if the VM runs here (the source went quiet after a live
+        migration), else ``failed``."""
         settings = self.core.settings
         timeout = settings.migration_timeout + settings.shutdown_timeout + 2 * settings.keepalive_interval
-        if self._wait(vm, task, lambda: self.hv.is_active(vm.uuid), timeout):
+        self._wait(vm, task, lambda: False, timeout)
+        if self.hv.is_running(vm.uuid):
             self._set_state(vm, "start")
-            log.info("VM %s arrived here", quote(vm.name))
+            log.info("VM %s arrived here (its source did not report it)", quote(vm.name))
             self.agent.figures_changed()
             return
         reason = f"The migration to {self.name} did not complete within {timeout:g} s."
@@ -274,22 +279,33 @@ class VmController:
     def _migrate_out(self, vm: Vm, task: _Task) -> None:
         settings = self.core.settings
         target = vm.node or ""
-        uri = settings.migration_target_uri.format(node=target)
-        data = settings.migration_data_uri.format(node=target) if settings.migration_data_uri else None
         name = quote(vm.name)
-        try:
-            started = time.monotonic()
-            self.hv.migrate(vm.uuid, uri, data, settings.migration_timeout)
-            log.info("VM %s live-migrated to %s in %.2f s", name, quote(target), time.monotonic() - started)
-        except MigrationUnsupported as e:
-            log.info("VM %s moves to %s cold (%s)", name, quote(target), e)
-            self._shut_down(vm, task)
-        except HypervisorError as e:
-            log.warning("VM %s: %s; moving it cold", name, e)
-            self._shut_down(vm, task)
-        self.agent.figures_changed()
+        why = why_not_alive(self.core, target)
+        if why is None:
+            uri = settings.migration_target_uri.format(node=target)
+            data = settings.migration_data_uri.format(node=target) if settings.migration_data_uri else None
+            try:
+                started = time.monotonic()
+                self.hv.migrate(vm.uuid, uri, data, settings.migration_timeout)
+                log.info("VM %s live-migrated to %s in %.2f s", name, quote(target), time.monotonic() - started)
+                self.agent.figures_changed()
+                self._set_state(vm, "start")
+                return
+            except MigrationUnsupported as e:
+                log.info("VM %s moves to %s cold (%s)", name, quote(target), e)
+            except HypervisorError as e:
+                log.warning("VM %s: %s; moving it cold", name, e)
+            why = why_not_alive(self.core, target)
+        if why is not None:
+            # Never hand a VM to a node that cannot run it: it stays here, where it runs.
+            lastnode = "" if vm.last_node == self.name else vm.last_node
+            if rewrite_vm(self.core, vm, {"state": "start", "node": self.name, "lastnode": lastnode}):
+                log.warning("VM %s stays on %s: its target %s is not alive (%s)", name, quote(self.name),
+                            quote(target), why)
+            return
+        self._shut_down(vm, task)
         # Hand over at the version read: a newer wish (stop, another target) wins.
-        if self._set_state(vm, "start") and not self.hv.is_active(vm.uuid):
+        if self._set_state(vm, "start"):
             log.info("VM %s handed over to %s", name, quote(target))
 
     # -- the keepalive's look at every VM -----------------------------------------------------

@@ -114,3 +114,11 @@ def liveness(values: dict[str, str | None], dead_after: float, now: float | None
     if problem:
         return problem
     return None
+
+
+def why_not_alive(core: Cluster, node: str) -> str | None:
+    """Why ``node`` is not alive (see :func:`liveness`; a missing node is not), or None."""
+    found = read_nodes(core, [node], ("daemonstate", "keepalive", "problem"))
+    if node not in found:
+        return "it does not exist"
+    return liveness(found[node], core.settings.dead_after())

@@ -153,8 +153,8 @@ def test_an_unreachable_hypervisor_is_one_clear_line(uri: str) -> None:
             getattr(hv, call)()
         message = str(caught.value)
         assert "\n" not in message
-        assert message.startswith(f"cannot connect to the hypervisor {uri}: "), message
-        assert len(message) > len(f"cannot connect to the hypervisor {uri}: ") + 5  # libvirt's reason follows
+        assert message.startswith("cannot connect: "), message  # the agent names the URI around it
+        assert len(message) > len("cannot connect: ") + 5  # libvirt's reason follows
         hv.close()
 
 
@@ -315,7 +315,7 @@ def test_a_restarted_libvirtd_is_reconnected_and_its_guests_kept(hypervisor_lab:
                            ("migrate", (guest.uuid, hypervisor_lab.uri1, DATA_URI, MIGRATION_TIMEOUT))):
             with pytest.raises(HypervisorUnavailable) as caught:
                 getattr(hv2, call)(*args)
-            assert str(caught.value).startswith(f"cannot connect to the hypervisor {hypervisor_lab.uri2}: ")
+            assert str(caught.value).startswith("cannot connect: ")
         wait_alive(guest, "while node2's libvirtd is down")  # QEMU does not depend on libvirtd
     finally:
         started = time.monotonic()

@@ -81,7 +81,7 @@ class LibvirtHypervisor(Hypervisor):
             try:
                 conn = libvirt.open(self.uri)
             except libvirt.libvirtError as e:
-                raise HypervisorUnavailable(f"cannot connect to the hypervisor {self.uri}: {_text(e)}") from None
+                raise HypervisorUnavailable(f"cannot connect: {_text(e)}") from None
             try:
                 conn.setKeepAlive(5, 3)
             except libvirt.libvirtError:

@@ -68,6 +68,14 @@ class Settings:
     store_timeout: float = 5.0
     wait_timeout: float = 600.0
     target_selector: str = "mem"
+    # -- limits of `pvc serve` against slow or hostile clients --
+    threads: int = 32
+    max_header_bytes: int = 64 * 1024
+    header_timeout: float = 10.0
+    per_client_connections: int = 8
+    listen_backlog: int = 128
+    regex_timeout: float = 0.1
+    auth_failures_per_minute: int = 10
     # -- the node agent --
     node_name: str | None = None
     libvirt_uri: str = "qemu:///system"
@@ -347,6 +355,20 @@ KEYS: tuple[Key, ...] = (
     Key("pvc.api.ssl.enabled", "ssl_enabled", _bool, True, "Serve HTTPS."),
     Key("pvc.api.ssl.cert_file", "ssl_cert_file", _opt_str, False, "PEM certificate (chain) file."),
     Key("pvc.api.ssl.key_file", "ssl_key_file", _opt_str, False, "PEM private key file."),
+    Key("pvc.api.limits.threads", "threads", _count, False,
+        "Worker threads of `pvc serve`: requests answered at once (default 32)."),
+    Key("pvc.api.limits.max_header_bytes", "max_header_bytes", _count, False,
+        "Largest request line plus headers, in bytes; larger is refused with 431 (default 65536)."),
+    Key("pvc.api.limits.header_timeout", "header_timeout", _positive, False,
+        "Seconds a client has to send its request line and headers, in all (default 10)."),
+    Key("pvc.api.limits.per_client_connections", "per_client_connections", _count, False,
+        "Connections one client address may hold open at once (default 8)."),
+    Key("pvc.api.limits.listen_backlog", "listen_backlog", _count, False,
+        "Connections the kernel queues before `pvc serve` accepts them (default 128)."),
+    Key("pvc.api.limits.regex_timeout", "regex_timeout", _positive, False,
+        "Seconds a `limit` regex may run before the request is refused with 400 (default 0.1)."),
+    Key("pvc.api.authentication.failures_per_minute", "auth_failures_per_minute", _count, False,
+        "Failed authentications one client address may make per minute before it gets 429 (default 10)."),
     Key("pvc.store.path", "store_path", _opt_str, False, "Embedded store file (default in the data directory)."),
     Key("pvc.store.chroot", "zk_chroot", _chroot, False, "ZooKeeper path under which the cluster lives."),
     Key("pvc.store.timeout", "store_timeout", _positive, False, "Seconds to wait for the store (default 5)."),

@@ -3,8 +3,12 @@ a real ZooKeeper server (started once per session, one chroot per test)."""
 
 from __future__ import annotations
 
+import inspect
+import os
+import re
+import sys
 import uuid
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import pytest
 from click.testing import CliRunner
@@ -19,6 +23,91 @@ from tests.wsgi import Client
 from tests.zkserver import ZooKeeperServer
 
 ENGINES = ("embedded", "zookeeper")
+
+#: The session's ZooKeeper fixtures: a test whose fixture closure holds one uses ZooKeeper.
+ZK_FIXTURES = frozenset({"zk_server", "zk_admin"})
+#: A fixture or test that starts ZooKeeper of its own (e.g. to stop it) constructs a ZooKeeperServer
+#: or ZooKeeperEnsemble (tests/zkserver.py); one that reaches a server constructs a ZooKeeperStore.
+_STARTS_ZOOKEEPER = re.compile(r"\bZooKeeper[A-Za-z]*\(")
+_source_cache: dict[Any, bool] = {}
+
+
+def _starts_zookeeper(func: Any) -> bool:
+    func = inspect.unwrap(func)
+    if func not in _source_cache:
+        try:
+            _source_cache[func] = bool(_STARTS_ZOOKEEPER.search(inspect.getsource(func)))
+        except (OSError, TypeError):  # no source (a builtin, a fixture from a compiled plugin)
+            _source_cache[func] = False
+    return _source_cache[func]
+
+
+def uses_zookeeper(item: pytest.Item) -> bool:
+    """Whether ``item`` needs a ZooKeeper server, by what collection shows of it: the session's
+    ZooKeeper fixtures anywhere in its fixture closure; a fixture parametrized over the engines
+    (``engine``, or one of a test file's own) at "zookeeper" (such fixtures ask for the server
+    only when they run); or a fixture in its closure, or the test itself, that constructs a
+    ZooKeeper server, ensemble or store of its own. (A test's own ``parametrize`` value
+    "zookeeper" is just a string.)"""
+    if ZK_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+        return True
+    fixtureinfo = getattr(item, "_fixtureinfo", None)
+    definitions = fixtureinfo.name2fixturedefs if fixtureinfo is not None else {}
+    callspec = getattr(item, "callspec", None)
+    for name, value in (callspec.params.items() if callspec is not None else ()):
+        defs = definitions.get(name, ())
+        if value == "zookeeper" and (name == "engine" or (defs and defs[-1].params is not None)):
+            return True
+    funcs: list[Any] = [getattr(item, "function", None)]
+    funcs += [fixturedef.func for defs in definitions.values() for fixturedef in defs]
+    return any(func is not None and _starts_zookeeper(func) for func in funcs)
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest's own hook deselects by -m
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test that uses ZooKeeper ``zk`` at collection, so that ``-m zk`` and
+    ``-m "not zk"`` select by it (a marker applied by a fixture comes too late for -m)."""
+    for item in items:
+        if uses_zookeeper(item) and item.get_closest_marker("zk") is None:
+            item.add_marker(pytest.mark.zk)
+
+
+#: Session fixtures whose first start may take longer than a test's timeout (pytest-timeout counts
+#: fixture setup in the test's time), each with the name of its module's own start deadline: the
+#: hypervisor lab may install libvirt and QEMU first (tests/qemu_lab.py START_TIMEOUT).
+SLOW_SESSION_FIXTURES = {"hypervisor_lab": "START_TIMEOUT"}
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Give the first test to run that uses a slow session fixture (it starts it) that start's
+    deadline on top of its timeout; the others keep the per-test timeout of setup.cfg."""
+    extend_first_timeouts(session.config, session.items)
+
+
+def _timeout_of(config: pytest.Config, item: pytest.Item) -> float:
+    marker = item.get_closest_marker("timeout")
+    if marker is not None and (marker.args or "timeout" in marker.kwargs):
+        return float(marker.args[0] if marker.args else marker.kwargs["timeout"])
+    for value in (config.getoption("timeout", None), os.environ.get("PYTEST_TIMEOUT"), config.getini("timeout")):
+        if value is not None and value != "":  # the order pytest-timeout reads them in
+            return float(value)
+    return 0.0
+
+
+def extend_first_timeouts(config: pytest.Config, items: Iterable[pytest.Item]) -> None:
+    pending = dict(SLOW_SESSION_FIXTURES)
+    for item in items:
+        if not pending:
+            return
+        fixtureinfo = getattr(item, "_fixtureinfo", None)
+        for name in [name for name in pending if name in getattr(item, "fixturenames", ())]:
+            attribute = pending.pop(name)
+            timeout = _timeout_of(config, item)
+            defs = fixtureinfo.name2fixturedefs.get(name, ()) if fixtureinfo is not None else ()
+            module = sys.modules.get(defs[-1].func.__module__) if defs else None
+            start = getattr(module, attribute, None)
+            if timeout > 0 and isinstance(start, (int, float)):
+                item.add_marker(pytest.mark.timeout(timeout + start))
 
 
 @pytest.fixture(scope="session")
@@ -38,6 +127,10 @@ def zk_admin(zk_server: ZooKeeperServer) -> Iterator[ZooKeeperStore]:
 def engine_settings(engine: str, tmp_path: Any, request: pytest.FixtureRequest) -> Settings:
     if engine == "embedded":
         return Settings(store_path=str(tmp_path / "pvc.sqlite"), wait_timeout=10.0)
+    if isinstance(request.node, pytest.Item) and request.node.get_closest_marker("zk") is None:
+        # -m "not zk" would select it (collection sees no ZooKeeper in it): say so, loudly
+        pytest.fail(f"{request.node.nodeid} uses ZooKeeper but is not marked zk: mark it @pytest.mark.zk, or take "
+                    f"the `engine` fixture or zk_server/zk_admin as a parameter (tests/conftest.py marks those).")
     server = request.getfixturevalue("zk_server")
     admin = request.getfixturevalue("zk_admin")
     chroot = f"/test-{uuid.uuid4().hex[:12]}"
@@ -47,8 +140,7 @@ def engine_settings(engine: str, tmp_path: Any, request: pytest.FixtureRequest) 
 
 @pytest.fixture(params=ENGINES)
 def engine(request: pytest.FixtureRequest) -> str:
-    if request.param == "zookeeper":
-        request.applymarker(pytest.mark.zk)
+    """The store engine under test; the "zookeeper" tests are marked zk at collection."""
     return request.param
 
 

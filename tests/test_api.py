@@ -450,10 +450,12 @@ def _make(cls: type[PvcError], message: str) -> PvcError:
 def test_status_table_matches_the_design() -> None:
     """What DESIGN.md fixes: actions fail with 510, reads with 400/404, always 503 and 401."""
     expected_read = {pvc_errors.InvalidArgument: 400, pvc_errors.NotFound: 404, pvc_errors.Unavailable: 503,
-                     pvc_errors.AuthenticationError: 401, pvc_errors.NotImplementedYet: 501}
+                     pvc_errors.OutcomeUnknown: 503, pvc_errors.AuthenticationError: 401,
+                     pvc_errors.NotImplementedYet: 501}
     for cls in ERROR_CLASSES:
         e = _make(cls, "x")
-        if cls in (pvc_errors.Unavailable, pvc_errors.AuthenticationError, pvc_errors.NotImplementedYet):
+        if cls in (pvc_errors.Unavailable, pvc_errors.OutcomeUnknown, pvc_errors.AuthenticationError,
+                   pvc_errors.NotImplementedYet):
             assert status_for(e, True) == expected_read[cls], cls
         else:
             assert status_for(e, True) == 510, cls

@@ -31,6 +31,7 @@ from pvc.lib.errors import (
     InvalidArgument,
     InvalidState,
     NotFound,
+    OutcomeUnknown,
     PvcError,
     Timeout,
     Unavailable,
@@ -174,7 +175,7 @@ def test_node_list_json_equals_library_data(cli: Callable[..., Any], nodes: Clus
 
 def test_node_list_invalid_regex(cli: Callable[..., Any], nodes: Cluster) -> None:
     stderr = failed(cli("node", "list", "("), 2)
-    assert stderr.startswith("Error: Invalid limit '(': missing ), unterminated subpattern"), stderr
+    assert stderr.startswith("Error: Invalid limit '(': missing )"), stderr
 
 
 def test_node_list_bad_format(cli: Callable[..., Any], nodes: Cluster) -> None:
@@ -431,6 +432,7 @@ def test_init_bad_usage(cli: Callable[..., Any], core: Cluster) -> None:
 @pytest.mark.parametrize("error, code", [
     (NotFound("x"), 3), (InvalidState("x"), 4), (Conflict("x"), 4), (AlreadyExists("x"), 4), (Timeout("x"), 6),
     (InvalidArgument("x"), 2), (ConfigError(["a", "b"]), 2), (Unavailable("x"), 5), (PvcError("x"), 1),
+    (OutcomeUnknown("x"), 7),
 ])
 def test_exit_code_table(error: PvcError, code: int) -> None:
     assert int(exit_code(error)) == code

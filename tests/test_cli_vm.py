@@ -302,10 +302,10 @@ def test_define_selector(cli: Callable[..., Any], core: Cluster, add_node: Calla
      "a DOCTYPE is not allowed"),
     ("<domain><name>x</name></domain>", "it has no <uuid>"),
     ("<domain><name>x</name><uuid>12</uuid></domain>", "<uuid> '12' is not a valid UUID"),
-    (f"<domain><uuid>{new_uuid()}</uuid></domain>", "it has no <name>"),
-    (f"<vm><name>x</name><uuid>{new_uuid()}</uuid></vm>", "the root element is 'vm', not 'domain'"),
+    ("<domain><uuid>5b4a9a2e-2f7c-4d1b-9e55-0c8d1f2a3b4c</uuid></domain>", "it has no <name>"),
+    ("<vm><name>x</name><uuid>5b4a9a2e-2f7c-4d1b-9e55-0c8d1f2a3b4d</uuid></vm>", "the root element is 'vm', not 'domain'"),
     ("", "the document is empty"),
-])
+])  # fixed UUIDs: test ids must not change from one collection to the next
 def test_define_refuses_bad_xml(cli: Callable[..., Any], nodes: Cluster, xml_file: Callable[[str], str], text: str,
                                 fragment: str) -> None:
     stderr = refused(cli, nodes, 2, fragment, args=("vm", "define", xml_file(text)))

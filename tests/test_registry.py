@@ -25,6 +25,7 @@ OPS = load_all()
 #: Routes of create_app that are not operations: the manual's general endpoints.
 NON_OPERATION_ROUTES = {
     ("GET", "/api/v1"),
+    ("GET", "/api/v1/openapi.json"),
     ("GET", "/api/v1/auth/login"),
     ("POST", "/api/v1/auth/login"),
     ("GET", "/api/v1/auth/logout"),

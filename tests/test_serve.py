@@ -462,7 +462,7 @@ def test_access_log_and_sigterm(tmp_path: Any, start_serve: Callable[..., Serve]
     expected = [
         ("GET", API, 209, call(url, "GET", API)),
         ("GET", API + "/node", 200, call(url, "GET", API + "/node", headers={"X-Api-Key": TOKEN})),
-        ("POST", API + "/auth/login", 200, call(url, "POST", f"{API}/auth/login?token={TOKEN}")),
+        ("POST", API + "/auth/login", 400, call(url, "POST", f"{API}/auth/login?token={TOKEN}")),  # body only
         ("POST", API + "/auth/login", 200, call(url, "POST", API + "/auth/login", body, headers)),
         ("GET", API + "/node", 401, call(url, "GET", API + "/node")),
         ("GET", API + "/node", 401, call(url, "GET", API + "/node", headers={"X-Api-Key": TOKEN + "x"})),

@@ -13,6 +13,7 @@ from pvc.lib.errors import (
     InvalidArgument,
     InvalidState,
     NotFound,
+    OutcomeUnknown,
     PvcError,
     Timeout,
     Unavailable,
@@ -28,6 +29,7 @@ class Exit(enum.IntEnum):
     CONFLICT = 4  # already exists, changed concurrently, wrong state
     UNAVAILABLE = 5  # the store cannot be reached
     TIMEOUT = 6
+    OUTCOME_UNKNOWN = 7  # a write was sent but not answered: it may or may not have been applied
     INTERRUPTED = 130
 
 
@@ -40,6 +42,7 @@ EXIT_CODES: dict[type[PvcError], Exit] = {
     Conflict: Exit.CONFLICT,
     InvalidState: Exit.CONFLICT,
     Unavailable: Exit.UNAVAILABLE,
+    OutcomeUnknown: Exit.OUTCOME_UNKNOWN,
     Timeout: Exit.TIMEOUT,
 }
 

@@ -62,6 +62,22 @@ class Unavailable(PvcError):
     kind = "unavailable"
 
 
+class OutcomeUnknown(Unavailable):
+    """A write was sent but its answer never came (the connection dropped, or the store did not
+    answer within its deadline): the change may or may not have been applied, now or later.
+
+    A subclass of Unavailable, so code that handles an unreachable store still handles it, with a
+    kind, an HTTP answer and an exit code of its own: the caller must read the object again before
+    retrying, because a timed-out transaction can still be applied after the answer was given
+    (issue 11, item 5)."""
+
+    kind = "outcome_unknown"
+
+    #: What every such message ends with: what happened to the change, and how to find out.
+    ADVICE = ("The change may or may not have been applied: read the object again to see whether it was "
+              "before retrying.")
+
+
 class Timeout(PvcError):
     """A wait or a request passed its deadline."""
 

@@ -33,6 +33,7 @@ Decisions where the manual is silent or loose:
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import Any
 
 from pvc.lib import schema
@@ -50,13 +51,24 @@ MANUAL_ORDER = ("ip4_network", "ip4_gateway", "ip6_network", "ip6_gateway", "dhc
 UNSET, TRUE, FALSE = "None", "True", "False"
 
 
+#: Longest VNI text read (the largest VNI has 8 digits); longer is refused before int() sees it.
+MAX_VNI_CHARS = 20
+#: One DNS label: ASCII letters, digits and hyphens, 1 to 63 of them, no hyphen first or last.
+_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?", re.ASCII)
+MAX_DOMAIN = 253
+
+
 def vni_number(vni: Any) -> int:
+    """A VNI given as an integer or as ASCII digits (a leading '-' is read, and refused by the
+    range check with the range); other scripts' digits and underscores are not digits here."""
     if isinstance(vni, bool) or not isinstance(vni, (int, str)):
         raise InvalidArgument(f"Invalid VNI {quote(vni)}: it must be an integer.")
     if isinstance(vni, str):
-        text = vni.strip()
-        if not (text.isascii() and text.lstrip("-").isdigit()):
-            raise InvalidArgument(f"Invalid VNI {quote(vni)}: it must be an integer.")
+        text = vni.strip(" \t\r\n")
+        digits = text[1:] if text.startswith("-") else text
+        if len(text) > MAX_VNI_CHARS or not (digits.isascii() and digits.isdigit()):
+            shown = vni if len(vni) <= 40 else vni[:40] + "…"
+            raise InvalidArgument(f"Invalid VNI {quote(shown)}: it must be an integer.")
         return int(text)
     return vni
 
@@ -65,20 +77,33 @@ def check_description(description: Any) -> str:
     """A valid network description: a name without whitespace that is not all digits."""
     if not isinstance(description, str):
         raise InvalidArgument(f"Invalid network description {quote(description)}.")
+    schema.validate_name("network description", description)  # first: it bounds the length
     if description and any(c.isspace() for c in description):
         raise InvalidArgument(f"Invalid network description {quote(description)}: it must not contain whitespace.")
-    schema.validate_name("network description", description)
     if description.isdigit():
         raise InvalidArgument(
             f"Invalid network description {quote(description)}: it must not be all digits (that names a VNI).")
     return description
 
 
-def check_domain(domain: str) -> str:
-    if domain == "" or any(c.isspace() or not c.isprintable() for c in domain) or "/" in domain:
-        raise InvalidArgument(f"Invalid domain {quote(domain)}: it must be a DNS domain name without whitespace.")
-    if len(domain) > 253:
-        raise InvalidArgument(f"Invalid domain {quote(domain)}: it is longer than 253 characters.")
+def check_domain(domain: str, default: bool = False) -> str:
+    """A DNS domain name: labels of ASCII letters, digits and hyphens (1 to 63 each, no hyphen
+    first or last) joined by single dots, at most 253 characters in all. The domain goes into
+    dnsmasq's configuration and DHCP answers, so nothing else is let through. ``default``: the
+    domain was derived from the description (``<description>.local``), not given."""
+    if not isinstance(domain, str):
+        raise InvalidArgument(f"Invalid domain {quote(domain)}: it must be a DNS domain name.")
+    if len(domain) > MAX_DOMAIN:  # before anything looks at each character
+        raise InvalidArgument(f"Invalid domain {quote(domain[:40] + '…')}: it is longer than {MAX_DOMAIN} "
+                              "characters.")
+    bad = next((label for label in domain.split(".") if not _LABEL.fullmatch(label)), None)
+    if bad is not None:
+        why = ("labels are letters, digits and hyphens, 1 to 63 of them, without a hyphen first or last, "
+               "joined by single dots")
+        if default:
+            raise InvalidArgument(f"The default domain {quote(domain)} (the description followed by '.local') is "
+                                  f"not a DNS domain name ({why}): give a 'domain'.")
+        raise InvalidArgument(f"Invalid domain {quote(domain)}: it must be a DNS domain name ({why}).")
     return domain
 
 
@@ -168,7 +193,10 @@ def check_network(vni: int, state: dict[str, Any], default_ip6_gateway: bool = T
         what = "vLAN ID" if nettype == BRIDGED else "VXLAN ID"
         raise InvalidArgument(f"Invalid VNI {quote(vni)}: a {nettype} network's VNI is its {what}, from 1 to {top}.")
     description = check_description(state["description"])
-    domain = check_domain(state["domain"] if state["domain"] is not None else f"{description}.local")
+    if state["domain"] is not None:
+        domain = check_domain(state["domain"])
+    else:
+        domain = check_domain(f"{description}.local", default=True)
     values = {"": description, "nettype": nettype, "domain": domain, "dhcp4_flag": FALSE, "dhcp6_flag": FALSE,
               **{name: UNSET for name in IP_VALUES}}
     notes: list[str] = []

@@ -246,19 +246,44 @@ def convert(param: Param, raw: Any) -> Any:
     if isinstance(raw, (dict, list)) or raw is None:
         raise InvalidArgument(f"{label}: expected a single value.")
     if param.kind == "int":
-        try:
-            return int(str(raw).strip())
-        except ValueError:
-            raise InvalidArgument(f"{label}: {quote(raw)} is not an integer.") from None
+        return _integer(label, raw)
     if param.kind == "float":
-        try:
-            return float(str(raw).strip())
-        except ValueError:
-            raise InvalidArgument(f"{label}: {quote(raw)} is not a number.") from None
+        text = str(raw).strip(ASCII_SPACE)
+        # float() also reads '١٠', '1_0', 'nan' and 'inf': only ASCII decimal notation here.
+        if len(text) > MAX_NUMBER_CHARS or not _FLOAT.fullmatch(text):
+            raise InvalidArgument(f"{label}: {_short(raw)} is not a number.")
+        return float(text)
     text = str(raw)
     if param.kind == "choice" and text not in param.choices:
         raise InvalidArgument(f"{label}: {quote(text)} is not one of {', '.join(param.choices)}.")
     return text
+
+
+#: Longest integer or number text read: longer is refused before any conversion (Python's int()
+#: refuses more than 4,300 digits, and is quadratic below that).
+MAX_NUMBER_CHARS = 40
+#: Spaces around a number that are ignored (str.strip() would also take U+00A0 and the like).
+ASCII_SPACE = " \t\r\n"
+_INTEGER = re.compile(r"-?[0-9]+", re.ASCII)
+_FLOAT = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?", re.ASCII)
+
+
+def _short(raw: Any) -> str:
+    text = str(raw)
+    return quote(text if len(text) <= 40 else text[:40] + "…")
+
+
+def _integer(label: str, raw: Any) -> int:
+    """An integer given as ASCII digits with an optional leading '-' (and surrounding ASCII spaces).
+
+    ``int()`` alone also reads other scripts' digits ('١٠') and underscores ('1_0') as 10, and
+    whether a negative number makes sense is the operation's to say (it checks its range)."""
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        return raw
+    text = str(raw).strip(ASCII_SPACE)
+    if len(text) > MAX_NUMBER_CHARS or not _INTEGER.fullmatch(text):
+        raise InvalidArgument(f"{label}: {_short(raw)} is not an integer.")
+    return int(text)
 
 
 def load_all() -> dict[str, Operation]:

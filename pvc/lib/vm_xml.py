@@ -85,12 +85,38 @@ def parse(text: str) -> Any:
 
 
 def check_size(text: str) -> str:
-    """Refuse a submitted document over MAX_XML_BYTES (stored ones are read whatever their size)."""
-    size = len(text.encode("utf-8"))
+    """Check a submitted document before it is defined or replaces a VM's (stored ones are read
+    whatever they hold): at most MAX_XML_BYTES, Unicode text (no lone surrogate, which JSON's
+    ``"\\ud800"`` gives), and a ``<memory>`` and ``<vcpu>`` that, when given as numbers, are
+    positive (issue 11: negative ones were accepted)."""
+    if not isinstance(text, str):
+        raise InvalidArgument("Invalid VM XML: the document must be text.")
+    # Bounded before anything else: a character is at most 4 UTF-8 bytes, at least 1.
+    if len(text) > MAX_XML_BYTES:
+        raise InvalidArgument(f"Invalid VM XML: the document is more than {MAX_XML_BYTES} bytes; the limit is "
+                              f"{MAX_XML_BYTES} (libvirt domain XML is a few kilobytes).")
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError as e:  # only a surrogate cannot be encoded
+        raise InvalidArgument(f"Invalid VM XML: it is not valid Unicode text (a lone surrogate "
+                              f"U+{ord(text[e.start]):04X} at character {e.start}).") from None
     if size > MAX_XML_BYTES:
         raise InvalidArgument(f"Invalid VM XML: the document is {size} bytes; the limit is {MAX_XML_BYTES} "
                               "(libvirt domain XML is a few kilobytes).")
+    check_resources(parse(text))
     return text
+
+
+def check_resources(root: Any) -> None:
+    """Refuse a ``<memory>`` of 0 or less and a ``<vcpu>`` under 1; values that are not numbers
+    are libvirt's to judge (pvc shows them as unknown)."""
+    node = root.find("memory")
+    amount = _number(node.text if node is not None else None)
+    if amount is not None and amount <= 0:
+        raise InvalidArgument(f"Invalid VM XML: <memory> is {amount}; a VM needs more than 0.")
+    vcpus = _number(_text(root, "vcpu"))
+    if vcpus is not None and vcpus < 1:
+        raise InvalidArgument(f"Invalid VM XML: <vcpu> is {vcpus}; a VM needs at least 1.")
 
 
 def _text(root: Any, path: str) -> str | None:
@@ -106,11 +132,15 @@ def _attr(root: Any, path: str, name: str) -> str | None:
     return None if node is None else node.get(name)
 
 
+#: An integer as libvirt writes one: ASCII digits, perhaps signed (int() also reads '١٠' and '1_0').
+_INTEGER = re.compile(r"[-+]?[0-9]{1,30}", re.ASCII)
+
+
 def _number(text: str | None) -> int | None:
-    try:
-        return int(text) if text is not None else None
-    except ValueError:
+    if text is None:
         return None
+    text = text.strip()
+    return int(text) if _INTEGER.fullmatch(text) else None
 
 
 def memory_mib(root: Any) -> int | float | None:
@@ -118,9 +148,8 @@ def memory_mib(root: Any) -> int | float | None:
     node = root.find("memory")
     if node is None or node.text is None:
         return None
-    try:
-        amount = int(node.text.strip())
-    except ValueError:
+    amount = _number(node.text)
+    if amount is None:
         return None
     unit = MEMORY_UNITS.get((node.get("unit") or "KiB").lower())
     if unit is None:

@@ -17,10 +17,11 @@ from pvc import __version__
 from pvc.lib.core import Cluster
 from pvc.lib.errors import AuthenticationError, NotImplementedYet, PvcError
 from pvc.lib.registry import load_all
-from pvc.server.auth import COOKIE, HEADER, Authenticator
+from pvc.server.auth import COOKIE, HEADER, Authenticator, Refused, TokenInQuery, client_key
 from pvc.server.errors import dumps, error_body, status_for
+from pvc.server.openapi import add_openapi_route
 from pvc.server.routes import PREFIX, add_routes
-from pvc.server.values import request_values
+from pvc.server.values import parse_urlencoded, request_values
 
 log = logging.getLogger("pvc.server")
 access = logging.getLogger("pvc.access")
@@ -33,6 +34,17 @@ LOGIN_FORM = """<!DOCTYPE html>
 <button type="submit">Log in</button>
 </form></body></html>
 """
+#: Headers of the login form: it may not be framed (no clickjacking of the token field), it loads
+#: nothing and runs nothing, and it posts only to this server.
+LOGIN_FORM_HEADERS = {
+    "Content-Type": "text/html; charset=utf-8",
+    "Content-Security-Policy": "default-src 'none'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-store",
+    # Not "no-referrer": with it, browsers send "Origin: null" on the form's own POST.
+    "Referrer-Policy": "same-origin",
+}
 
 
 #: Routes the manual marks "todo v0.6": they answer 501 with a JSON message (behind auth, like
@@ -56,8 +68,8 @@ class ContractPlugin:
         self.auth = auth
         self.pretty = pretty
 
-    def json(self, data: Any, status: int | str = 200) -> bottle.HTTPResponse:
-        return bottle.HTTPResponse(dumps(data, self.pretty), status, {"Content-Type": "application/json"})
+    def json(self, data: Any, status: int | str = 200, headers: dict[str, str] | None = None) -> bottle.HTTPResponse:
+        return bottle.HTTPResponse(dumps(data, self.pretty), status, {"Content-Type": "application/json", **(headers or {})})
 
     def apply(self, callback: Callable[..., Any], route: bottle.Route) -> Callable[..., Any]:
         public = route.config.get("pvc_public", False)
@@ -66,10 +78,13 @@ class ContractPlugin:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             try:
                 if not public:
-                    self.auth.check(bottle.request.get_cookie(COOKIE), bottle.request.get_header(HEADER))
+                    request = bottle.request
+                    self.auth.check(request.get_cookie(COOKIE), request.get_header(HEADER), request.environ)
                 out = callback(*args, **kwargs)
             except bottle.HTTPResponse:
                 raise
+            except Refused as e:  # 400, 403, 429: refused whatever the method
+                return self.json(error_body(e.message, e.status, e.kind), e.status, e.headers)
             except PvcError as e:
                 status = status_for(e, mutating)
                 return self.json(error_body(e.message, status, e.kind), status)
@@ -116,18 +131,27 @@ def create_app(core: Cluster) -> bottle.Bottle:
     def login_form() -> Any:
         if not auth.enabled:
             return disabled()
-        bottle.response.content_type = "text/html; charset=utf-8"
-        return LOGIN_FORM
+        return bottle.HTTPResponse(LOGIN_FORM, 200, LOGIN_FORM_HEADERS)
 
     @app.post(PREFIX + "/auth/login", pvc_public=True)
     def login() -> Any:
         if not auth.enabled:
             return disabled()
+        environ = bottle.request.environ
+        # Another origin's page may not log this browser in (a client naming no origin, curl, may).
+        auth.check_origin(environ, "a login", required=False)
+        try:
+            query = environ.get("QUERY_STRING", "").encode("latin-1")
+            in_query = any(key == "token" for key, _ in parse_urlencoded(query, "query string"))
+        except (UnicodeEncodeError, PvcError):
+            in_query = False  # request_values refuses it below
+        if in_query:
+            raise TokenInQuery()
         token = request_values(bottle.request).get("token")
-        if not isinstance(token, str) or not auth.token_ok(token):
+        if not isinstance(token, str) or not auth.verify(token, client_key(environ)):
             raise AuthenticationError("Authentication failed")
         res = plugin.json({"message": "Authenticated; the session lasts "
-                                      f"{settings.session_lifetime} seconds."})
+                                      f"{settings.session_lifetime} seconds."}, headers={"Cache-Control": "no-store"})
         res.set_cookie(COOKIE, auth.new_session(token), **auth.cookie_attributes())
         return res
 
@@ -135,6 +159,8 @@ def create_app(core: Cluster) -> bottle.Bottle:
     def logout() -> Any:
         if not auth.enabled:
             return disabled()
+        if bottle.request.method == "POST":
+            auth.check_origin(bottle.request.environ, "a logout", required=False)
         cookie = bottle.request.get_cookie(COOKIE)
         if cookie:
             auth.revoke(cookie)
@@ -148,6 +174,7 @@ def create_app(core: Cluster) -> bottle.Bottle:
 
         app.route(PREFIX + path, method=method, callback=planned)
     add_routes(app, core, load_all())
+    add_openapi_route(app, core)
     return app
 
 

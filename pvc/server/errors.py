@@ -18,6 +18,7 @@ from pvc.lib.errors import (
     InvalidState,
     NotFound,
     NotImplementedYet,
+    OutcomeUnknown,
     PvcError,
     Timeout,
     Unavailable,
@@ -37,7 +38,14 @@ READ_STATUS: dict[type[PvcError], int] = {
     Timeout: 504,
 }
 #: Statuses that do not depend on the method.
-ALWAYS: dict[type[PvcError], int] = {Unavailable: 503, AuthenticationError: 401, NotImplementedYet: 501}
+#: A write whose outcome is unknown is 503 too (the store did not answer), with its own error kind
+#: "outcome_unknown" and a message saying how to check, never the plain "unavailable".
+ALWAYS: dict[type[PvcError], int] = {
+    Unavailable: 503,
+    OutcomeUnknown: 503,
+    AuthenticationError: 401,
+    NotImplementedYet: 501,
+}
 
 
 def status_for(error: PvcError, mutating: bool) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -79,6 +80,31 @@ def take_chunked_body(environ: dict[str, Any]) -> None:
     environ["CONTENT_LENGTH"] = str(len(body))
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _unicode(where: str, text: str) -> str:
+    """``text`` unless it holds a lone surrogate (JSON's ``"\\ud800"``): such a string is not
+    Unicode text, cannot be encoded as UTF-8, and so could never be stored or compared."""
+    found = None if text.isascii() else _SURROGATE.search(text)
+    if found:
+        raise InvalidArgument(f"{where} is not valid Unicode text: it holds a lone surrogate "
+                              f"(U+{ord(found.group()):04X}).")
+    return text
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object, refused as form values are when a name is given twice with different
+    contents (Python's json keeps the last one silently), or when a name or text is not Unicode."""
+    values: dict[str, Any] = {}
+    for key, value in pairs:
+        _unicode(f"The JSON name {quote(key[:80])}", key)
+        if isinstance(value, str):
+            _unicode(f"Value {quote(key)}", value)
+        _add(values, key, value)
+    return values
+
+
 def _add(values: dict[str, Any], key: str, value: Any) -> None:
     if key in values and values[key] != value:
         raise InvalidArgument(f"Value {quote(key)} is given more than once with different contents.")
@@ -132,7 +158,7 @@ def request_values(request: bottle.BaseRequest) -> dict[str, Any]:
         raw = _body(request)
         if raw.strip():
             try:
-                data = json.loads(raw)
+                data = json.loads(raw, object_pairs_hook=_json_object)
             except (ValueError, UnicodeDecodeError) as e:
                 raise InvalidArgument(f"The JSON body is not valid JSON: {e}.") from None
             except RecursionError:

@@ -139,7 +139,7 @@ def list_acls(core: Cluster, network: str, limit: str | None = None, direction: 
     rules = _read_rules(core, vni, directions)
     out = []
     for d in directions:
-        wanted = set(select([n for n, _ in rules[d]], limit))
+        wanted = set(select([n for n, _ in rules[d]], limit, timeout=core.settings.regex_timeout))
         out += [_acl_object(d, n, fields) for n, fields in rules[d] if n in wanted]
     return out
 

@@ -7,9 +7,7 @@ from pvc.lib.core import Cluster
 from pvc.lib.errors import AlreadyExists, InvalidState
 from pvc.lib.registry import Param, operation
 from pvc.lib.store import Create, Delete, open_store
-
-#: Larger removals than this are not one transaction: ZooKeeper refuses requests over ~1 MB.
-_ATOMIC_LIMIT = 5000
+from pvc.lib.store.base import delete_batches
 
 
 @operation(
@@ -23,6 +21,14 @@ def init_cluster(core: Cluster, yes: bool = False) -> str:
     On a store that already holds a cluster this refuses unless --yes is given; with --yes the
     old tree (nodes, VMs, networks, storage records) is deleted and a new, empty one created.
     Running node agents must be restarted afterwards.
+
+    The replacement is one transaction when the old tree's deletes fit in one commit. A larger
+    tree is emptied in several commits cut by bytes (:func:`delete_batches`: ZooKeeper refuses
+    a request over ~1 MB), children before parents, and the roots (/nodes, /domains, ...) are
+    deleted and created anew in one last commit. If this fails midway (the store lost, an agent
+    still writing under a root), the keys of the earlier commits are gone and the roots are all
+    still there with what was left under them: a partly deleted cluster, still "a cluster that
+    exists" for `pvc init`, that nothing should use; running `pvc init --yes` again finishes it.
     """
     _ensure_chroot(core)
     store = core.store
@@ -33,14 +39,14 @@ def init_cluster(core: Cluster, yes: bool = False) -> str:
         raise InvalidState(
             f"A cluster already exists in {store.describe()}; pass --yes to replace it (this deletes all of its data)."
         )
-    doomed = [key for root in present for key in reversed(store.subtree(root))]
-    create = [Create(path, value) for path, value in schema.ROOT_TREE]
-    if len(doomed) <= _ATOMIC_LIMIT:
-        store.commit([Delete(key) for key in doomed] + create)
-    else:
-        for i in range(0, len(doomed), _ATOMIC_LIMIT):  # children before parents, batch by batch
-            store.commit([Delete(key) for key in doomed[i : i + _ATOMIC_LIMIT]])
-        store.commit(create)
+    below = [key for root in present for key in store.subtree(root) if key != root]
+    batches = delete_batches(below, store.path_prefix)
+    # The roots go in the commit that creates the new tree, so no partial run leaves any missing.
+    # A batch is half a commit at most: the root tree's few deletes and creates fit beside it.
+    swap = [Delete(root) for root in present] + [Create(path, value) for path, value in schema.ROOT_TREE]
+    for batch in batches[:-1]:
+        store.commit(batch)
+    store.commit([*(batches[-1] if batches else []), *swap])
     if present:
         return f"Replaced the cluster in {store.describe()} with a new, empty one; restart any running node agents."
     return f"Initialised a new cluster in {store.describe()}."

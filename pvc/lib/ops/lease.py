@@ -69,7 +69,7 @@ def list_leases(core: Cluster, network: str, limit: str | None = None, static: b
     macs = set(children(core, schema.network_key(vni, "dhcp4_reservations")))
     if not static:
         macs |= set(children(core, schema.network_key(vni, "dhcp4_leases")))
-    return _entries(core, vni, select(sorted(macs), limit), static)
+    return _entries(core, vni, select(sorted(macs), limit, timeout=core.settings.regex_timeout), static)
 
 
 @operation(

@@ -129,7 +129,8 @@ def list_networks(core: Cluster, limit: str | None = None) -> list[dict[str, Any
     matching both is listed once.
     """
     found = read_networks(core, network_vnis(core))
-    chosen = select_any(list(found), limit, lambda v: v, lambda v: found[v][""].value)  # type: ignore[union-attr]
+    chosen = select_any(list(found), limit, lambda v: v, lambda v: found[v][""].value,  # type: ignore[union-attr]
+                        timeout=core.settings.regex_timeout)
     return [network_object(v, _values(found[v])) for v in chosen]
 
 

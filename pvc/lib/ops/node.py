@@ -50,7 +50,7 @@ def list_nodes(core: Cluster, limit: str | None = None) -> list[dict[str, Any]]:
 
     LIMIT is the original's fuzzy regex: a substring unless it starts with ^ or contains $.
     """
-    found = read_nodes(core, select(node_names(core), limit))
+    found = read_nodes(core, select(node_names(core), limit, timeout=core.settings.regex_timeout))
     return [node_object(n, values) for n, values in sorted(found.items())]
 
 

@@ -66,7 +66,8 @@ def list_vms(core: Cluster, limit: str | None = None, node: str | None = None, s
     if limit or node is not None or state is not None:
         # Filter on the small keys first, so the XML of VMs left out is never fetched.
         heads = read_vms(core, vm_uuids(core), ("state", "node"))
-        chosen = [v.uuid for v in select_any(heads, limit, lambda v: v.name, lambda v: v.uuid)
+        chosen = [v.uuid for v in select_any(heads, limit, lambda v: v.name, lambda v: v.uuid,
+                                                  timeout=core.settings.regex_timeout)
                   if (node is None or v.node == node) and (state is None or v.state == state)]
     else:
         chosen = vm_uuids(core)

@@ -3,11 +3,24 @@
 kazoo reconnects by itself (and opens a new session after an expiry); while it is away every call
 fails fast with Unavailable instead of hanging, so `pvc serve` answers 503 and recovers without a
 restart. kazoo's exceptions never leave this module: they are translated at the boundary.
+
+Two faults kazoo does not handle by itself (issue 11, items 5 and 12):
+
+- A write that was sent and not answered (connection lost, or no answer within the deadline) may
+  still be applied later: ZooKeeper keeps the queued transaction. Such a commit raises
+  OutcomeUnknown, never the plain Unavailable that means "nothing was done".
+- A server that hangs (stopped, swapping, wedged) without closing its connections is noticed by
+  kazoo only through an unanswered ping, and kazoo sends no ping while requests keep going out:
+  under steady traffic it would stay on the hung server for as long as it hangs. So a request that
+  gets no answer within the deadline makes us drop that connection (see ``_abandon``): kazoo then
+  reconnects to another server of the ensemble with the same session, and reads are tried once
+  more there.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from typing import Callable, Iterable, Sequence
 
@@ -28,7 +41,7 @@ from kazoo.exceptions import (
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.retry import KazooRetry, RetryFailedError
 
-from pvc.lib.errors import AlreadyExists, Conflict, NotFound, PvcError, Unavailable
+from pvc.lib.errors import AlreadyExists, Conflict, NotFound, OutcomeUnknown, PvcError, Unavailable
 from pvc.lib.schema import check_path
 from pvc.lib.store import zk_multiread
 from pvc.lib.store.base import Check, Create, Delete, Entry, Op, Set, Store, WatchHandle, check_ops
@@ -42,6 +55,13 @@ MULTIREAD_BATCH = 1000
 #: After having been connected, how long a call waits for kazoo to reconnect before failing.
 RECONNECT_GRACE = 0.5
 
+#: kazoo's errors that mean the connection went away while a request was outstanding.
+LOST = (ConnectionLoss, SessionExpiredError, ConnectionClosedError)
+
+
+class _NoAnswer(Exception):
+    """A request was sent but not answered within the store's deadline (internal)."""
+
 
 class ZooKeeperStore(Store):
     engine = "zookeeper"
@@ -52,7 +72,12 @@ class ZooKeeperStore(Store):
         self.chroot = chroot
         self.path_prefix = len((chroot or "").rstrip("/").encode("utf-8"))
         self.timeout = timeout
-        self._connected = threading.Event()
+        # The connection state, as kazoo's listener reports it, under one condition so that a call
+        # can wait for "connected, and not on a connection we gave up on" (see _abandon).
+        self._state = threading.Condition()
+        self._is_connected = False
+        self._live_socket: object | None = None  # kazoo's socket of the current connection
+        self._abandoned: object | None = None  # a socket we dropped for not answering
         self._ever_connected = False
         self._closing = False
         self._multiread = True
@@ -71,40 +96,115 @@ class ZooKeeperStore(Store):
         self.client.start_async()
 
     def _on_state(self, state: str) -> None:
-        # Called on kazoo's connection thread: record and log only, never block.
+        # Called on kazoo's connection thread, synchronously, right after it connected (its socket
+        # is then the new connection's) or lost the connection: record and log only, never block.
+        with self._state:
+            if state == KazooState.CONNECTED:
+                self._ever_connected = True
+                self._is_connected = True
+                self._live_socket = getattr(self.client._connection, "_socket", None)
+            else:
+                self._is_connected = False
+            self._state.notify_all()
         if state == KazooState.CONNECTED:
-            self._ever_connected = True
-            self._connected.set()
             log.info("Connected to ZooKeeper at %s", self.hosts)
-        else:
-            self._connected.clear()
-            if self._closing:
-                return  # our own close(), not an outage
+        elif not self._closing:  # else our own close(), not an outage
             log.warning("Lost the connection to ZooKeeper at %s (%s); reconnecting", self.hosts, state.lower())
 
-    def _ready(self) -> None:
-        """Return when connected; wait a little (first connection: up to the timeout)."""
-        if self._connected.is_set():
-            return
-        wait = RECONNECT_GRACE if self._ever_connected else self.timeout
-        if not self._connected.wait(wait):
-            raise Unavailable(f"ZooKeeper at {self.hosts} is unreachable.")
+    def _usable(self) -> bool:
+        return self._is_connected and (self._abandoned is None or self._live_socket is not self._abandoned)
+
+    def _ready(self) -> object | None:
+        """Wait until connected, a little (the first connection: up to the timeout); returns the
+        connection's socket, which identifies the connection the next request goes out on."""
+        with self._state:
+            if not self._usable():
+                wait = RECONNECT_GRACE if self._ever_connected else self.timeout
+                if not self._state.wait_for(self._usable, wait):
+                    raise Unavailable(f"ZooKeeper at {self.hosts} is unreachable.")
+            return self._live_socket
 
     def _result(self, async_result):  # type: ignore[no-untyped-def]
         try:
             return async_result.get(timeout=self.timeout)
         except KazooTimeoutError:
-            raise Unavailable(f"ZooKeeper at {self.hosts} did not answer within {self.timeout:g} s.") from None
+            raise _NoAnswer() from None
 
-    def _call(self, fn: Callable[[], object], path: str | None = None) -> object:
-        """Run one batch, translating kazoo's errors (naming ``path``); a read is retried once
-        after a reconnect."""
+    def _abandon(self, sock: object | None) -> None:
+        """Drop the connection ``sock`` (which left a request unanswered), so that kazoo moves the
+        session to another server of the ensemble (issue 11, item 12).
+
+        kazoo has no public call for this. Its connection thread (ConnectionHandler._connect_attempt
+        in kazoo/protocol/connection.py) selects on its socket; a socket that we shut down reads
+        as end-of-file at once, which kazoo handles exactly like a server that closed the
+        connection: every outstanding request fails with ConnectionLoss, the state goes to
+        SUSPENDED and it connects to the next host of its list with the same session id and
+        password, so the session (and its ephemeral keys and watches) survives. shutdown() rather
+        than close(): the descriptor stays valid while kazoo's thread may be selecting on it, and
+        kazoo closes it itself. The identity check makes sure we only ever drop the connection the
+        request went out on, never the new one kazoo may already have made.
+
+        kazoo would try the hung server again when its shuffled host list comes round to it, and a
+        connect to a stopped process hangs for session timeout / number of hosts; so the hung
+        server is moved to the end of the client's host list (what KazooClient.set_hosts does,
+        without parsing a string) and the order is no longer shuffled.
+
+        A server that is merely slow also loses its clients this way; they come back to it, or go
+        to another, at the cost of one reconnect: cheap next to serving 503s from a hung one.
+        """
+        with self._state:
+            if sock is None or sock is not self._live_socket or sock is self._abandoned:
+                return  # already reconnected elsewhere, or already being dropped
+            self._abandoned = sock
+        try:
+            peer = sock.getpeername()  # type: ignore[attr-defined]
+        except OSError:
+            peer = None
+        log.warning("ZooKeeper server %s did not answer within %g s; moving to another server",
+                    _where(peer), self.timeout)
+        if peer is not None:
+            self._try_others_first(peer)
+        try:
+            sock.shutdown(socket.SHUT_RDWR)  # type: ignore[attr-defined]
+        except OSError:
+            pass  # kazoo closed it meanwhile: it is reconnecting anyway
+
+    def _try_others_first(self, peer: tuple) -> None:
+        hosts = list(self.client.hosts)
+        if len(hosts) < 2:
+            return
+        hung = [h for h in hosts if h[1] == peer[1] and _names(h[0], peer[0])]
+        if hung:
+            self.client.hosts = [h for h in hosts if h not in hung] + hung
+            self.client.randomize_hosts = False
+
+    def _call(self, fn: Callable[[], object], path: str | None = None, write: bool = False) -> object:
+        """Run one batch, translating kazoo's errors (naming ``path``). A read is tried once more
+        after a lost connection or an unanswered request (on another server, see _abandon); a
+        write never is: once sent, its outcome is unknown (OutcomeUnknown)."""
         for attempt in (1, 2):
-            self._ready()
+            sock = self._ready()  # nothing sent yet: a failure here is a plain Unavailable
             self.round_trips += 1
             try:
                 return fn()
-            except (ConnectionLoss, SessionExpiredError, ConnectionClosedError) as e:
+            except _NoAnswer:
+                self._abandon(sock)
+                if write:
+                    raise OutcomeUnknown(
+                        f"ZooKeeper at {self.hosts} did not answer a write within {self.timeout:g} s. "
+                        + OutcomeUnknown.ADVICE
+                    ) from None
+                if attempt == 2:
+                    raise Unavailable(f"ZooKeeper at {self.hosts} did not answer within {self.timeout:g} s.") from None
+            except ConnectionClosedError:
+                # kazoo refuses to queue on a closed client: nothing was sent.
+                raise Unavailable(f"Lost the connection to ZooKeeper at {self.hosts}: ConnectionClosedError.") from None
+            except LOST as e:
+                if write:
+                    raise OutcomeUnknown(
+                        f"Lost the connection to ZooKeeper at {self.hosts} during a write ({type(e).__name__}). "
+                        + OutcomeUnknown.ADVICE
+                    ) from None
                 if attempt == 2:
                     raise Unavailable(f"Lost the connection to ZooKeeper at {self.hosts}: {type(e).__name__}.") from None
             except KazooException as e:
@@ -195,19 +295,14 @@ class ZooKeeperStore(Store):
                     txn.check(op.path, op.version)
                 else:
                     raise TypeError(f"unknown store operation {op!r}")
-            try:
-                results = self._result(txn.commit_async())
-            except (ConnectionLoss, SessionExpiredError, ConnectionClosedError):
-                # The transaction may or may not have been applied: never report it as done.
-                raise Unavailable(
-                    f"Lost the connection to ZooKeeper at {self.hosts} during a write; its outcome is unknown."
-                ) from None
+            # No answer or a lost connection: _call raises OutcomeUnknown, never a plain Unavailable.
+            results = self._result(txn.commit_async())
             # kazoo returns failures instead of raising them (the original's silent-write bug L1).
             for op, result in zip(ops, results):
                 if isinstance(result, Exception) and not isinstance(result, RolledBackError):
                     raise _translate(result, op.path)
 
-        self._call(apply)
+        self._call(apply, write=True)
 
     # -- watches ------------------------------------------------------------------------------
     def watch(self, paths: Iterable[str], callback: Callable[[str], None], children: bool = False) -> WatchHandle:
@@ -300,6 +395,22 @@ class ZooKeeperStore(Store):
             self.client.close()
         except KazooException:
             pass
+
+
+def _names(host: str, ip: str) -> bool:
+    """Whether the configured ``host`` (a name or an address) is the address ``ip``."""
+    if host.strip("[]") == ip:
+        return True
+    try:
+        return any(info[4][0] == ip for info in socket.getaddrinfo(host, None, 0, 0, socket.IPPROTO_TCP))
+    except OSError:
+        return False
+
+
+def _where(peer: object) -> str:
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return f"{peer[0]}:{peer[1]}"
+    return "(unknown)"
 
 
 def _stopped(*_args: object) -> bool:

@@ -455,3 +455,26 @@ def test_auth_disabled(make_app: Callable[..., tuple[Cluster, Any]]) -> None:
             assert not r.cookies
     assert client.get(API + "/node").status == 200
     assert client.get(API + "/node", headers={"X-Api-Key": "anything"}).status == 200
+
+
+def test_without_authentication_a_foreign_page_cannot_write(tmp_path: Any) -> None:
+    """With authentication disabled there is no credential to forge: any site could make a local
+    browser post to 127.0.0.1. A write naming a foreign origin is refused; a script's is not."""
+    cluster = Cluster(Settings(store_path=str(tmp_path / "open.sqlite")))
+    try:
+        add_hv1(cluster)
+        client = Client(create_app(cluster))
+        key = "/nodes/hv1/domainstate"
+        for origin in ("http://evil.example", "null", "http://127.0.0.1:8080"):
+            r = client.post(API + "/node/hv1/domain-state", data={"domain-state": "flush"},
+                            headers={"Origin": origin, "Host": "127.0.0.1:7370"})
+            assert_error(r, 403, "forbidden")
+            assert cluster.store.get(key).value == "ready"
+        assert client.get(API + "/node", headers={"Origin": "http://evil.example"}).status == 200  # reads are fine
+        r = client.post(API + "/node/hv1/domain-state", data={"domain-state": "flush"},
+                        headers={"Origin": "http://127.0.0.1:7370", "Host": "127.0.0.1:7370"})
+        assert r.status == 200 and cluster.store.get(key).value == "flush"
+        r = client.post(API + "/node/hv1/domain-state", data={"domain-state": "ready"})  # a script: no Origin
+        assert r.status == 200 and cluster.store.get(key).value == "unflush"
+    finally:
+        cluster.close()

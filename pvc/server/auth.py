@@ -330,9 +330,16 @@ class Authenticator:
         (Throttled beyond the limit), and a request that changes something (not GET or HEAD)
         with a session cookie alone is refused with CrossOrigin unless it comes from this
         server's origin: a browser sends the cookie on another page's behalf too."""
-        if not self.enabled:
-            return
         environ = environ or {}
+        if not self.enabled:
+            # No credential to forge, so a page of any other site could make the browser of
+            # someone on this host change the cluster: a write that names a foreign origin is
+            # refused. Scripts and the CLI send no Origin and are not affected.
+            if environ.get("REQUEST_METHOD", "GET") not in SAFE_METHODS and same_origin(environ, self.secure) is False:
+                raise CrossOrigin("Cross-origin request refused: authentication is disabled, so a request that "
+                                  f"changes something must come from {_show(server_origin(environ, self.secure))} "
+                                  "or name no origin (as scripts and the CLI do).")
+            return
         if cookie and self._session_id(cookie) is not None:
             if environ.get("REQUEST_METHOD", "GET") in SAFE_METHODS or same_origin(environ, self.secure):
                 return

@@ -214,9 +214,10 @@ def _errors(statuses: list[int]) -> dict[str, Any]:
 
 def _auth_statuses(mutating: bool, auth: bool) -> list[int]:
     """What authentication can answer on a protected route: 401, 429 once a client address has
-    failed too often (even with a right token), 403 for a cross-origin write with a cookie alone."""
+    failed too often (even with a right token), 403 for a cross-origin write (with a cookie alone,
+    or with authentication disabled)."""
     if not auth:
-        return []
+        return [CrossOrigin.status] if mutating else []
     return [ALWAYS[AuthenticationError], Throttled.status] + ([CrossOrigin.status] if mutating else [])
 
 

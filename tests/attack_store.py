@@ -16,16 +16,16 @@ import threading
 import time
 from typing import Any
 
-from pvc.lib import schema
 from pvc.lib.config import Settings
 from pvc.lib.core import Cluster
 from pvc.lib.errors import PvcError, Unavailable
-from pvc.lib.ops.acl import add_acl, list_acls
+from pvc.lib.ops.acl import list_acls
 from pvc.lib.ops.cluster import init_cluster
 from pvc.lib.store import Create
 from pvc.lib.store.zookeeper import ZooKeeperStore
 from pvc.server.run import build_server, url_of
 from tests.test_ops_acl import make_network
+from tests.test_retry_backoff import insert_at_once
 from tests.test_serve import API, call
 from tests.test_zk_faults import Traffic, chroot_on
 from tests.zkserver import ZooKeeperEnsemble, ZooKeeperServer
@@ -77,29 +77,9 @@ def measure_acl_contention(counts: tuple[int, ...] = (20, 50)) -> dict[str, Any]
             with Cluster(settings) as setup:
                 init_cluster(setup)
                 vni = make_network(setup)
-            barrier = threading.Barrier(count + 1)
-            ok: list[float] = []
-
-            def worker(i: int) -> None:
-                with Cluster(settings) as own:
-                    own.store.exists(schema.NETWORKS)
-                    try:
-                        barrier.wait(60)
-                        add_acl(own, vni, f"r{i}", "in", f"tcp dport {1000 + i} accept")
-                        ok.append(time.monotonic())
-                    except (PvcError, threading.BrokenBarrierError):
-                        pass
-
-            threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(count)]
-            for t in threads:
-                t.start()
-            barrier.wait(60)
-            started = time.monotonic()
-            for t in threads:
-                t.join(90)
-            with Cluster(settings) as check:
-                stored = len(list_acls(check, vni, direction="in"))
-            results[count] = (min(len(ok), stored), max(ok, default=started) - started)
+                errors, took = insert_at_once(setup, vni, count)
+                stored = len(list_acls(setup, vni, direction="in"))
+            results[count] = (min(count - len(errors), stored), took)
     return {
         "item": 8,
         "attack": "concurrent ACL inserts with distinct names on ZooKeeper",

@@ -42,7 +42,7 @@ from pvc.lib.ops.node import get_coordinator_state, get_daemon_state, get_domain
 LIST_COLUMNS = ["Name", "St: Daemon", "Coordinator", "Domain", "Res: VMs", "vCPUs", "Load", "Mem (M): Total", "Used",
                 "Free", "VMs"]
 ANSI = "\033["
-HEAVY = ("kazoo", "lxml", "bottle", "cheroot")
+HEAVY = ("kazoo", "lxml", "bottle", "cheroot", "regex", "libvirt")
 
 
 # --- helpers -------------------------------------------------------------------------------------

@@ -104,7 +104,7 @@ def test_unanswered_write_is_outcome_unknown_and_reads_stay_unavailable(tmp_path
                 with pytest.raises(OutcomeUnknown) as caught:
                     store.commit([Create("/maybe", "x")])
                 assert caught.value.kind == "outcome_unknown"
-                assert "did not answer a write within 1 s" in caught.value.message
+                assert "did not answer within 1 s during a write" in caught.value.message
                 assert "may or may not have been applied" in caught.value.message
                 assert "read the object again" in caught.value.message
                 # Reads that get no answer, and writes that are never sent, are plain Unavailable.

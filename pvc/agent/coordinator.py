@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Mapping
 from pvc.agent.fencing import fence
 from pvc.lib import schema
 from pvc.lib.errors import AlreadyExists, Conflict, InvalidState, NotFound, PvcError, quote
-from pvc.lib.node_records import keepalive_age, node_names, read_nodes, why_not_alive
+from pvc.lib.node_records import keepalive_age, node_names, read_node_entries, read_nodes, why_not_alive
 from pvc.lib.placement import select_node
 from pvc.lib.core import Cluster
 from pvc.lib.store import Check, Create, Entry, Op, Set
@@ -104,18 +104,17 @@ def check_nodes(agent: "Agent") -> None:
     if not names:
         return
     fields = ("daemonstate", "keepalive", "routerstate", "daemonmode", "problem")
-    keys = [schema.node_key(n, "keepalive") for n in names]
-    versions = core.store.get_many(keys)
-    nodes = read_nodes(core, names, fields)
+    found = read_node_entries(core, names, fields)
     now = time.monotonic()
-    for name in names:
+    for name, entries in found.items():
         # When this coordinator last saw the keepalive change, on its own clock: a node whose
         # keepalive still changes is alive, whatever the clocks of the two hosts say.
-        entry = versions[schema.node_key(name, "keepalive")]
+        entry = entries["keepalive"]
         version = entry.version if entry is not None else None
         if agent.keepalives.get(name, (None, 0.0))[0] != version:
             agent.keepalives[name] = (version, now)
-    for name, values in nodes.items():
+    for name, entries in found.items():
+        values = {f: e.value if e is not None else None for f, e in entries.items()}
         if values["daemonstate"] == "dead":
             _take_over(agent, name, values)
             continue

@@ -18,7 +18,7 @@ from pvc.agent.flush import DomainStateWorker
 from pvc.agent.hypervisor import Hypervisor, HypervisorError
 from pvc.agent.vms import VmController
 from pvc.lib import schema
-from pvc.lib.config import split_host_port
+from pvc.lib.config_values import split_host_port
 from pvc.lib.core import Cluster
 from pvc.lib.errors import PvcError, quote
 from pvc.lib.node_reports import NodeFigures, publish_figures, register_node
@@ -120,8 +120,7 @@ class Agent:
         deadline = time.monotonic() + timeout
         if self._control.is_alive():
             self._control.join(max(deadline - time.monotonic(), 0.1))
-        if self.domain_state._thread.is_alive():
-            self.domain_state.join(max(deadline - time.monotonic(), 0.1))
+        self.domain_state.join(max(deadline - time.monotonic(), 0.1))
         self.vms.join(max(deadline - time.monotonic(), 0.1))  # before the hypervisor closes
         self._cancel_watches()
         if not clean:

@@ -52,7 +52,8 @@ class DomainStateWorker:
         self._event.set()
 
     def join(self, timeout: float) -> None:
-        self._thread.join(timeout)
+        if self._thread.is_alive():  # never started when the agent failed to start
+            self._thread.join(timeout)
 
     def changed(self) -> None:
         """The node's domainstate changed (watch callback: only wake the thread)."""

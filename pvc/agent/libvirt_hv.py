@@ -175,26 +175,20 @@ class LibvirtHypervisor(Hypervisor):
         return self._call("cannot list the domains", read)
 
     def is_active(self, uuid: str) -> bool:
-        libvirt = _libvirt()
-
-        def read(conn: Any) -> bool:
-            dom = self._lookup(conn, uuid)
-            try:
-                return bool(dom is not None and dom.isActive())
-            except libvirt.libvirtError as e:
-                if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:  # undefined since the lookup
-                    return False
-                raise
-
-        return self._call(f"cannot look up domain {uuid}", read)
+        return self._ask(uuid, lambda dom: dom.isActive())
 
     def is_running(self, uuid: str) -> bool:
+        return self._ask(uuid, lambda dom: dom.state()[0] == _libvirt().VIR_DOMAIN_RUNNING)
+
+    def _ask(self, uuid: str, question: Callable[[Any], Any]) -> bool:
+        """``question(domain)`` of the domain; False when there is no such domain (also when it
+        is undefined between the look-up and the question)."""
         libvirt = _libvirt()
 
         def read(conn: Any) -> bool:
             dom = self._lookup(conn, uuid)
             try:
-                return bool(dom is not None and dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING)
+                return bool(dom is not None and question(dom))
             except libvirt.libvirtError as e:
                 if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                     return False

@@ -32,7 +32,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from pvc.agent.coordinator import rewrite_vm
 from pvc.agent.hypervisor import HypervisorError, HypervisorUnavailable, MigrationUnsupported
@@ -233,7 +233,7 @@ class VmController:
             return True
         return now[0].version("state") != vm.version("state") or now[0].node != vm.node
 
-    def _wait(self, vm: Vm, task: _Task, done: "callable[[], bool]", timeout: float) -> bool:
+    def _wait(self, vm: Vm, task: _Task, done: Callable[[], bool], timeout: float) -> bool:
         """Wait until ``done()``; False at the deadline. Interrupted when the VM's wish changes."""
         deadline = time.monotonic() + timeout
         while not done():

@@ -12,40 +12,16 @@ checks that ``pvc-api.example.yaml`` documents every one of them.
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import os
-import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Collection, Mapping
 
-from pvc.lib.errors import ConfigError, InvalidArgument
-from pvc.lib.schema import validate_name
+from pvc.lib import config_values as check
+from pvc.lib.config_values import Bmc, Token
+from pvc.lib.errors import ConfigError
 
 SYSTEM_CONFIG = "/etc/pvc/pvc-api.yaml"
 DEFAULT_PORT = 7370
-
-
-@dataclass(frozen=True)
-class Token:
-    """One API token; the description is for the administrator only."""
-
-    token: str
-    description: str = ""
-
-    def __repr__(self) -> str:  # never show a token in a log or a traceback
-        return f"Token(description={self.description!r})"
-
-
-@dataclass(frozen=True)
-class Bmc:
-    """How a coordinator reaches a node's BMC for fencing. The password stays in its file: it
-    is read only when a fence runs, and handed to ipmitool in its environment (``-E``)."""
-
-    node: str
-    host: str
-    user: str
-    password_file: str
-    port: int = 623
 
 
 @dataclass(frozen=True)
@@ -115,221 +91,6 @@ def default_store_path(env: Mapping[str, str]) -> str:
     return os.path.join(base, "pvc", "pvc.sqlite")
 
 
-# --- value checkers: each returns the converted value or raises ValueError(what is wrong) --------
-
-
-def _bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    raise ValueError("must be true or false")
-
-
-def _port(value: Any) -> int:
-    digits = isinstance(value, str) and value.isascii() and value.isdigit()
-    if isinstance(value, bool) or not (isinstance(value, int) or digits):
-        raise ValueError("must be an integer from 1 to 65535")
-    port = int(value)
-    if not 1 <= port <= 65535:
-        raise ValueError("must be an integer from 1 to 65535")
-    return port
-
-
-_HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
-
-
-def check_host(text: str) -> str:
-    """A host name or IP address (IPv6 in brackets when a port follows)."""
-    bare = text[1:-1] if text.startswith("[") and text.endswith("]") else text
-    try:
-        ipaddress.ip_address(bare)
-        return text
-    except ValueError:
-        pass
-    if not _HOST.match(bare) or len(bare) > 253:
-        raise ValueError(f"{text!r} is not a host name or IP address")
-    return text
-
-
-def _address(value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        raise ValueError("must be an IP address or host name, e.g. 127.0.0.1 or 0.0.0.0")
-    check_host(value)
-    return value
-
-
-def split_host_port(item: str) -> tuple[str, str | None]:
-    """``host``, ``host:port``, ``[v6]:port`` or a bare IPv6 address → (host, port or None)."""
-    if item.startswith("["):
-        host, _, rest = item[1:].partition("]")
-        if rest and not rest.startswith(":"):
-            raise ValueError(item)
-        return host, rest[1:] if rest else None
-    if item.count(":") == 1:
-        host, port = item.split(":")
-        return host, port
-    return item, None
-
-
-def _coordinators(value: Any) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    if not isinstance(value, list):
-        raise ValueError("must be a list of host names (host or host:port); empty for the embedded store")
-    for i, item in enumerate(value):
-        try:
-            if not isinstance(item, str):
-                raise ValueError(item)
-            host, port = split_host_port(item)
-            check_host(host)
-            if port is not None:
-                _port(port)
-        except ValueError:
-            raise ValueError(f"entry {i + 1} ({item!r}) must be host or host:port with a port from 1 to 65535")
-    return tuple(value)
-
-
-def _opt_str(value: Any) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise ValueError("must be a string")
-    return value
-
-
-def _positive(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise ValueError("must be a number of seconds greater than 0")
-    return float(value)
-
-
-def _positive_int(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError("must be a whole number of seconds greater than 0")
-    return value
-
-
-def _chroot(value: Any) -> str | None:
-    value = _opt_str(value)
-    if value in (None, "", "/"):
-        return None
-    if not value.startswith("/") or value.endswith("/") or "//" in value:
-        raise ValueError("must be an absolute ZooKeeper path such as /pvc (no trailing '/')")
-    for part in value[1:].split("/"):
-        try:
-            validate_name("path component", part)
-        except InvalidArgument as e:
-            raise ValueError(f"must be an absolute ZooKeeper path of valid names: {e.message.rstrip('.')}") from None
-    return value
-
-
-def _tokens(value: Any) -> tuple[Token, ...]:
-    if value is None:
-        return ()
-    if not isinstance(value, list):
-        raise ValueError("must be a list of {description, token} entries")
-    tokens = []
-    for i, item in enumerate(value):
-        if not isinstance(item, dict):
-            raise ValueError(f"entry {i + 1} must be a mapping with a 'token' key")
-        unknown = set(item) - {"description", "token"}
-        if unknown:
-            raise ValueError(f"entry {i + 1} has unknown key {sorted(unknown)[0]!r}")
-        if "token" not in item:
-            raise ValueError(f"entry {i + 1} has no 'token'")
-        if not isinstance(item["token"], str):
-            raise ValueError(f"entry {i + 1}: token must be a string")
-        tokens.append(Token(token=item["token"], description=str(item.get("description") or "")))
-    return tuple(tokens)
-
-
-#: The node selectors of define and migrate (the manual's list).
-SELECTORS = ("mem", "vcpus", "load", "vms")
-
-
-FENCE_ACTIONS = ("migrate", "none")
-
-
-def _fence_action(value: Any) -> str:
-    if value not in FENCE_ACTIONS:
-        raise ValueError(f"must be one of {', '.join(FENCE_ACTIONS)}")
-    return value
-
-
-def _node_name(value: Any) -> str | None:
-    value = _opt_str(value)
-    if value in (None, ""):
-        return None
-    try:
-        return validate_name("node", value)
-    except InvalidArgument as e:
-        raise ValueError(e.message.rstrip(".")) from None
-
-
-def _opt_bool(value: Any) -> bool | None:
-    return None if value is None else _bool(value)
-
-
-def _count(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError("must be a whole number greater than 0")
-    return value
-
-
-def _uri(value: Any) -> str:
-    if not isinstance(value, str) or not value or any(c.isspace() for c in value):
-        raise ValueError("must be a non-empty URI without spaces")
-    return value
-
-
-def _node_template(value: Any) -> str:
-    value = _uri(value)
-    try:
-        value.format(node="hv1")
-    except (KeyError, IndexError, ValueError):
-        raise ValueError("must be a URI that may contain {node} (the target node's name) and no other {...}") from None
-    return value
-
-
-def _opt_node_template(value: Any) -> str | None:
-    return None if value in (None, "") else _node_template(value)
-
-
-def _bmcs(value: Any) -> tuple[Bmc, ...]:
-    if value is None:
-        return ()
-    if not isinstance(value, dict):
-        raise ValueError("must be a mapping of node name to {host, user, password_file[, port]}")
-    bmcs = []
-    for node, item in value.items():
-        try:
-            validate_name("node", node)
-        except InvalidArgument as e:
-            raise ValueError(e.message.rstrip(".")) from None
-        if not isinstance(item, dict):
-            raise ValueError(f"{node}: must be a mapping with host, user and password_file")
-        unknown = set(item) - {"host", "user", "password_file", "port"}
-        if unknown:
-            raise ValueError(f"{node}: unknown key {sorted(unknown)[0]!r} (the password goes in password_file, "
-                             "never in this file)")
-        for k in ("host", "user", "password_file"):
-            if not isinstance(item.get(k), str) or not item[k]:
-                raise ValueError(f"{node}: {k} must be a non-empty string")
-        try:
-            check_host(item["host"])
-        except ValueError as e:
-            raise ValueError(f"{node}: host {e}") from None
-        port = _port(item.get("port", 623))
-        bmcs.append(Bmc(node=node, host=item["host"], user=item["user"], password_file=item["password_file"],
-                        port=port))
-    return tuple(bmcs)
-
-
-def _selector(value: Any) -> str:
-    if value not in SELECTORS:
-        raise ValueError(f"must be one of {', '.join(SELECTORS)}")
-    return value
-
-
 @dataclass(frozen=True)
 class Key:
     """One configuration key: where it sits in the file and which Settings field it fills."""
@@ -342,64 +103,64 @@ class Key:
 
 
 KEYS: tuple[Key, ...] = (
-    Key("pvc.debug", "debug", _bool, True, "Pretty JSON and debug logging; never an interactive debugger."),
-    Key("pvc.coordinators", "coordinators", _coordinators, True,
+    Key("pvc.debug", "debug", check.boolean, True, "Pretty JSON and debug logging; never an interactive debugger."),
+    Key("pvc.coordinators", "coordinators", check.coordinators, True,
         "ZooKeeper hosts (host or host:port); an empty list selects the embedded store."),
-    Key("pvc.api.listen_address", "listen_address", _address, True, "Address `pvc serve` listens on."),
-    Key("pvc.api.listen_port", "listen_port", _port, False, "Port `pvc serve` listens on (default 7370)."),
-    Key("pvc.api.authentication.enabled", "auth_enabled", _bool, True, "Require a token on protected routes."),
-    Key("pvc.api.authentication.secret_key", "secret_key", _opt_str, False, "Key that signs session cookies."),
-    Key("pvc.api.authentication.tokens", "tokens", _tokens, False, "List of {description, token}."),
-    Key("pvc.api.authentication.session_lifetime", "session_lifetime", _positive_int, False,
+    Key("pvc.api.listen_address", "listen_address", check.address, True, "Address `pvc serve` listens on."),
+    Key("pvc.api.listen_port", "listen_port", check.port, False, "Port `pvc serve` listens on (default 7370)."),
+    Key("pvc.api.authentication.enabled", "auth_enabled", check.boolean, True, "Require a token on protected routes."),
+    Key("pvc.api.authentication.secret_key", "secret_key", check.opt_str, False, "Key that signs session cookies."),
+    Key("pvc.api.authentication.tokens", "tokens", check.tokens, False, "List of {description, token}."),
+    Key("pvc.api.authentication.session_lifetime", "session_lifetime", check.positive_int, False,
         "Seconds a login session stays valid (default 43200)."),
-    Key("pvc.api.ssl.enabled", "ssl_enabled", _bool, True, "Serve HTTPS."),
-    Key("pvc.api.ssl.cert_file", "ssl_cert_file", _opt_str, False, "PEM certificate (chain) file."),
-    Key("pvc.api.ssl.key_file", "ssl_key_file", _opt_str, False, "PEM private key file."),
-    Key("pvc.api.limits.threads", "threads", _count, False,
+    Key("pvc.api.ssl.enabled", "ssl_enabled", check.boolean, True, "Serve HTTPS."),
+    Key("pvc.api.ssl.cert_file", "ssl_cert_file", check.opt_str, False, "PEM certificate (chain) file."),
+    Key("pvc.api.ssl.key_file", "ssl_key_file", check.opt_str, False, "PEM private key file."),
+    Key("pvc.api.limits.threads", "threads", check.count, False,
         "Worker threads of `pvc serve`: requests answered at once (default 32)."),
-    Key("pvc.api.limits.max_header_bytes", "max_header_bytes", _count, False,
+    Key("pvc.api.limits.max_header_bytes", "max_header_bytes", check.count, False,
         "Largest request line plus headers, in bytes; larger is refused with 431 (default 65536)."),
-    Key("pvc.api.limits.header_timeout", "header_timeout", _positive, False,
+    Key("pvc.api.limits.header_timeout", "header_timeout", check.positive, False,
         "Seconds a client has to send its request line and headers, in all (default 10)."),
-    Key("pvc.api.limits.per_client_connections", "per_client_connections", _count, False,
+    Key("pvc.api.limits.per_client_connections", "per_client_connections", check.count, False,
         "Connections one client address may hold open at once (default 8)."),
-    Key("pvc.api.limits.listen_backlog", "listen_backlog", _count, False,
+    Key("pvc.api.limits.listen_backlog", "listen_backlog", check.count, False,
         "Connections the kernel queues before `pvc serve` accepts them (default 128)."),
-    Key("pvc.api.limits.regex_timeout", "regex_timeout", _positive, False,
+    Key("pvc.api.limits.regex_timeout", "regex_timeout", check.positive, False,
         "Seconds a `limit` regex may run before the request is refused with 400 (default 0.1)."),
-    Key("pvc.api.authentication.failures_per_minute", "auth_failures_per_minute", _count, False,
+    Key("pvc.api.authentication.failures_per_minute", "auth_failures_per_minute", check.count, False,
         "Failed authentications one client address may make per minute before it gets 429 (default 10)."),
-    Key("pvc.store.path", "store_path", _opt_str, False, "Embedded store file (default in the data directory)."),
-    Key("pvc.store.chroot", "zk_chroot", _chroot, False, "ZooKeeper path under which the cluster lives."),
-    Key("pvc.store.timeout", "store_timeout", _positive, False, "Seconds to wait for the store (default 5)."),
-    Key("pvc.timeouts.wait", "wait_timeout", _positive, False, "Deadline of `--wait` (default 600)."),
-    Key("pvc.system.migration.target_selector", "target_selector", _selector, False,
+    Key("pvc.store.path", "store_path", check.opt_str, False, "Embedded store file (default in the data directory)."),
+    Key("pvc.store.chroot", "zk_chroot", check.chroot, False, "ZooKeeper path under which the cluster lives."),
+    Key("pvc.store.timeout", "store_timeout", check.positive, False, "Seconds to wait for the store (default 5)."),
+    Key("pvc.timeouts.wait", "wait_timeout", check.positive, False, "Deadline of `--wait` (default 600)."),
+    Key("pvc.system.migration.target_selector", "target_selector", check.selector, False,
         "How a node is chosen for a VM when none is given: mem, vcpus, load or vms (default mem)."),
-    Key("pvc.system.migration.target_uri", "migration_target_uri", _node_template, False,
+    Key("pvc.system.migration.target_uri", "migration_target_uri", check.node_template, False,
         "libvirt URI of a target node's hypervisor for live migration; {node} is its name."),
-    Key("pvc.system.migration.data_uri", "migration_data_uri", _opt_node_template, False,
+    Key("pvc.system.migration.data_uri", "migration_data_uri", check.opt_node_template, False,
         "URI the migration's data goes to ({node} is the target); default: libvirt's choice."),
-    Key("pvc.system.migration.unsafe", "migration_unsafe", _bool, False,
+    Key("pvc.system.migration.unsafe", "migration_unsafe", check.boolean, False,
         "Live-migrate even disks libvirt considers unsafe (not on shared storage)."),
-    Key("pvc.system.migration.timeout", "migration_timeout", _positive, False,
+    Key("pvc.system.migration.timeout", "migration_timeout", check.positive, False,
         "Seconds a migration may take before it is given up (default 300)."),
-    Key("pvc.system.intervals.keepalive_interval", "keepalive_interval", _positive, False,
+    Key("pvc.system.intervals.keepalive_interval", "keepalive_interval", check.positive, False,
         "Seconds between a node agent's keepalives (default 5)."),
-    Key("pvc.system.intervals.shutdown_timeout", "shutdown_timeout", _positive, False,
+    Key("pvc.system.intervals.shutdown_timeout", "shutdown_timeout", check.positive, False,
         "Seconds a VM gets to shut down gracefully before it is forced off (default 90)."),
-    Key("pvc.system.intervals.flush_parallel", "flush_parallel", _count, False,
+    Key("pvc.system.intervals.flush_parallel", "flush_parallel", check.count, False,
         "How many VMs a flush or ready moves at a time (default 4)."),
-    Key("pvc.system.fencing.intervals.fence_intervals", "fence_intervals", _count, False,
+    Key("pvc.system.fencing.intervals.fence_intervals", "fence_intervals", check.count, False,
         "Keepalive intervals without a keepalive after which a node is dead (default 6)."),
-    Key("pvc.system.fencing.actions.successful_fence", "successful_fence", _fence_action, False,
+    Key("pvc.system.fencing.actions.successful_fence", "successful_fence", check.fence_action, False,
         "What happens to a dead node's VMs once its fence is confirmed: migrate (default) or none."),
-    Key("pvc.system.fencing.actions.failed_fence", "failed_fence", _fence_action, False,
+    Key("pvc.system.fencing.actions.failed_fence", "failed_fence", check.fence_action, False,
         "What happens to a dead node's VMs when it could not be fenced: none (default) or migrate."),
-    Key("pvc.system.fencing.ipmi", "bmcs", _bmcs, False,
+    Key("pvc.system.fencing.ipmi", "bmcs", check.bmcs, False,
         "Each node's BMC: node name to {host, user, password_file, port}; read by the coordinators."),
-    Key("pvc.node.name", "node_name", _node_name, False, "This node's name (default: the short host name)."),
-    Key("pvc.node.libvirt_uri", "libvirt_uri", _uri, False, "This node's hypervisor (default qemu:///system)."),
-    Key("pvc.node.coordinator", "node_coordinator", _opt_bool, False,
+    Key("pvc.node.name", "node_name", check.node_name, False, "This node's name (default: the short host name)."),
+    Key("pvc.node.libvirt_uri", "libvirt_uri", check.uri, False, "This node's hypervisor (default qemu:///system)."),
+    Key("pvc.node.coordinator", "node_coordinator", check.opt_bool, False,
         "Whether this node is a coordinator (default: its name is one of the coordinators' hosts)."),
 )
 

@@ -38,8 +38,6 @@ from __future__ import annotations
 import time
 from typing import Callable, Iterable, TypeVar
 
-import regex
-
 from pvc.lib.errors import InvalidArgument, quote
 
 T = TypeVar("T")
@@ -143,6 +141,8 @@ def fuzzy(limit: str, timeout: float = DEFAULT_TIMEOUT) -> Callable[[str], bool]
         pattern = ".*" + pattern
     if "$" not in limit:
         pattern += ".*"
+    import regex  # on first use: `pvc --help` and completion do not load it
+
     try:
         compiled = regex.compile(pattern, regex.VERSION0)
     except regex.error as e:  # its position would count the ".*" added in front

@@ -74,16 +74,18 @@ def node_names(core: Cluster) -> list[str]:
         raise not_initialised(core) from None
 
 
-def read_nodes(core: Cluster, names: list[str], fields: tuple[str, ...] = schema.NODE_FIELDS) -> dict[str, dict[str, str | None]]:
-    """The given fields of many nodes in one batch; nodes that do not exist are left out."""
+def read_node_entries(core: Cluster, names: list[str],
+                      fields: tuple[str, ...] = schema.NODE_FIELDS) -> dict[str, dict[str, Entry | None]]:
+    """The entries (values and versions) of the given fields of many nodes in one batch; nodes
+    that do not exist are left out."""
     paths = [schema.node(n) for n in names] + [schema.node_key(n, f) for n in names for f in fields]
     entries = core.store.get_many(paths)
-    found = {}
-    for n in names:
-        if entries[schema.node(n)] is None:
-            continue
-        found[n] = {f: _value(entries[schema.node_key(n, f)]) for f in fields}
-    return found
+    return {n: {f: entries[schema.node_key(n, f)] for f in fields} for n in names if entries[schema.node(n)] is not None}
+
+
+def read_nodes(core: Cluster, names: list[str], fields: tuple[str, ...] = schema.NODE_FIELDS) -> dict[str, dict[str, str | None]]:
+    """The given fields of many nodes in one batch; nodes that do not exist are left out."""
+    return {n: {f: _value(e) for f, e in entries.items()} for n, entries in read_node_entries(core, names, fields).items()}
 
 
 def _value(entry: Entry | None) -> str | None:

@@ -7,7 +7,7 @@ fresh, its agent reports no problem) and ready. A dead or stale node is never ch
 
 from __future__ import annotations
 
-from pvc.lib.config import SELECTORS
+from pvc.lib.config_values import SELECTORS
 from pvc.lib.core import Cluster
 from pvc.lib.errors import InvalidArgument, InvalidState, quote
 from pvc.lib.node_records import liveness, node_names, read_nodes

@@ -14,6 +14,9 @@ hold ``per_client_connections`` connections at once; more are answered 503 at on
 
 Answers given here, and cheroot's own errors (Request.simple_response), are the contract's JSON
 error body.
+
+One module on purpose: its overrides of cheroot (the connection, the request, the server, the
+TLS adapter) only work together, and split apart each would hide what the others rely on.
 """
 
 from __future__ import annotations

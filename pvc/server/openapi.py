@@ -11,6 +11,9 @@ compares the described routes with the app's routes, so the description cannot d
 nothing about the cluster (it is the same for every cluster of one pvc version and states what
 the README publishes), a client needs it to learn how to authenticate, and it is built once
 when the app is made, so serving it costs an unauthenticated client no more than ``GET /api/v1``.
+
+One module on purpose: the schemas, the parameters and the paths are one translation of the
+registry, and the test that keeps them equal to the routes reads them as one document.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ import click
 
 from pvc.cli.context import CliContext
 from pvc.cli.errors import CommandFailed
-from pvc.lib.config import check_host, split_host_port
+from pvc.lib.config_values import check_host, split_host_port
 from pvc.lib.errors import PvcError
 
 

@@ -11,7 +11,7 @@ import re
 from typing import Any
 
 from pvc.lib import schema
-from pvc.lib.config import SELECTORS
+from pvc.lib.config_values import SELECTORS
 from pvc.lib.core import Cluster, not_initialised
 from pvc.lib.errors import AlreadyExists, Conflict, InvalidArgument, InvalidState, NotFound, quote
 from pvc.lib.match import select_any

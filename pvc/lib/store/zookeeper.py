@@ -15,6 +15,9 @@ Two faults kazoo does not handle by itself (issue 11, items 5 and 12):
   gets no answer within the deadline makes us drop that connection (see ``_abandon``): kazoo then
   reconnects to another server of the ensemble with the same session, and reads are tried once
   more there.
+
+One module on purpose: the failover from a silent server (_abandon) shares the connection
+state and its condition with every call, so it stays beside them.
 """
 
 from __future__ import annotations
@@ -187,26 +190,20 @@ class ZooKeeperStore(Store):
             self.round_trips += 1
             try:
                 return fn()
-            except _NoAnswer:
-                self._abandon(sock)
-                if write:
-                    raise OutcomeUnknown(
-                        f"ZooKeeper at {self.hosts} did not answer a write within {self.timeout:g} s. "
-                        + OutcomeUnknown.ADVICE
-                    ) from None
-                if attempt == 2:
-                    raise Unavailable(f"ZooKeeper at {self.hosts} did not answer within {self.timeout:g} s.") from None
             except ConnectionClosedError:
                 # kazoo refuses to queue on a closed client: nothing was sent.
                 raise Unavailable(f"Lost the connection to ZooKeeper at {self.hosts}: ConnectionClosedError.") from None
-            except LOST as e:
+            except (_NoAnswer, *LOST) as e:
+                if isinstance(e, _NoAnswer):
+                    self._abandon(sock)
+                    what = f"did not answer within {self.timeout:g} s"
+                else:
+                    what = f"lost the connection ({type(e).__name__})"
                 if write:
-                    raise OutcomeUnknown(
-                        f"Lost the connection to ZooKeeper at {self.hosts} during a write ({type(e).__name__}). "
-                        + OutcomeUnknown.ADVICE
-                    ) from None
+                    raise OutcomeUnknown(f"ZooKeeper at {self.hosts} {what} during a write. "
+                                         + OutcomeUnknown.ADVICE) from None
                 if attempt == 2:
-                    raise Unavailable(f"Lost the connection to ZooKeeper at {self.hosts}: {type(e).__name__}.") from None
+                    raise Unavailable(f"ZooKeeper at {self.hosts} {what}.") from None
             except KazooException as e:
                 raise _translate(e, path) from None
         raise AssertionError("unreachable")

@@ -231,11 +231,15 @@ def test_one_primary_among_racing_coordinators_and_switches(agents: AgentCluster
     node_ops.set_coordinator_state(agents.core, other, "primary")
     until(lambda: primaries() == [other], what=f"{other} to become primary")
     node_ops.set_coordinator_state(agents.core, other, "secondary")  # another coordinator takes over
-    successor = until(lambda: (p := primaries()) and p[0] != other and p[0], what="another primary")
-    assert len(primaries()) == 1 and agents.node(other)["coordinator_state"] == "secondary"
+    # Each node reports its own coordinator state once it has seen /primary_node move: wait until
+    # the reports have settled on one primary, which /primary_node names.
+    successor = until(lambda: len(p := primaries()) == 1 and p[0] != other and p[0], what="another primary")
+    assert agents.core.store.get(schema.PRIMARY_NODE).value == successor
+    assert agents.node(other)["coordinator_state"] == "secondary"
     agents.agents[successor].stop()  # a primary that stops hands over
-    until(lambda: (p := primaries()) and p[0] != successor, what="another primary after a clean stop")
-    assert len(primaries()) == 1
+    third = until(lambda: len(p := primaries()) == 1 and p[0] != successor and p[0],
+                  what="another primary after a clean stop")
+    assert agents.core.store.get(schema.PRIMARY_NODE).value == third
 
 
 def test_hypervisor_clients_are_clients(agents: AgentCluster) -> None:

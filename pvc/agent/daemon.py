@@ -1,7 +1,8 @@
 """The node agent itself: registration, keepalive, and the wiring of its workers.
 
 Threads: one control thread (keepalives, the coordinator's duties, following ``/primary_node``),
-one for flush and ready, and one per VM while that VM is being acted on. Store watches only wake
+one for flush and ready, one per VM while that VM is being acted on, and the command worker's
+(one dispatcher, one thread per command being carried out, :mod:`pvc.agent.commands`). Store watches only wake
 them: nothing slow runs on a watch callback. ``stop()`` ends them all within a bound, leaves the
 VMs running (an agent restart must not stop guests) and reports ``stop``.
 """
@@ -13,6 +14,7 @@ import threading
 import time
 
 from pvc.agent import host
+from pvc.agent.commands import CommandWorker
 from pvc.agent.coordinator import check_nodes, follow_primary, release_primary
 from pvc.agent.flush import DomainStateWorker
 from pvc.agent.hypervisor import Hypervisor, HypervisorError
@@ -63,6 +65,7 @@ class Agent:
         self.running = False
         self.vms = VmController(self)
         self.domain_state = DomainStateWorker(self)
+        self.commands = CommandWorker(core, self.name, self.stopping)
         self._wake = threading.Event()
         self._wake_at: float | None = None
         #: When this node was made secondary by someone else (it then holds back from claiming).
@@ -94,6 +97,7 @@ class Agent:
             self._handles.append(store.watch([schema.node_key(self.name, "domainstate")],
                                              lambda _p: self.domain_state.changed()))
             self._handles.append(store.watch([schema.DOMAINS], self._domains_changed, children=True))
+            self.commands.start()
         except PvcError:
             self._cancel_watches()
             self.hv.close()
@@ -122,6 +126,7 @@ class Agent:
             self._control.join(max(deadline - time.monotonic(), 0.1))
         self.domain_state.join(max(deadline - time.monotonic(), 0.1))
         self.vms.join(max(deadline - time.monotonic(), 0.1))  # before the hypervisor closes
+        self.commands.stop(max(deadline - time.monotonic(), 0.1))
         self._cancel_watches()
         if not clean:
             self.hv.close()

@@ -52,6 +52,7 @@ class Settings:
     listen_backlog: int = 128
     regex_timeout: float = 0.1
     auth_failures_per_minute: int = 10
+    command_waiters: int = 16
     # -- the node agent --
     node_name: str | None = None
     libvirt_uri: str = "qemu:///system"
@@ -67,6 +68,12 @@ class Settings:
     migration_timeout: float = 300.0
     shutdown_timeout: float = 90.0
     flush_parallel: int = 4
+    # -- commands to node agents, and Ceph --
+    command_timeout: float = 60.0
+    osd_timeout: float = 600.0
+    command_workers: int = 8
+    ceph_config: str | None = None
+    ceph_figures_interval: float = 10.0
     source: str = field(default="built-in defaults", compare=False)
 
     @property
@@ -128,6 +135,9 @@ KEYS: tuple[Key, ...] = (
         "Connections the kernel queues before `pvc serve` accepts them (default 128)."),
     Key("pvc.api.limits.regex_timeout", "regex_timeout", check.positive, False,
         "Seconds a `limit` regex may run before the request is refused with 400 (default 0.1)."),
+    Key("pvc.api.limits.command_waiters", "command_waiters", check.count, False,
+        "Requests that may wait at once for a node agent to carry out a command (storage); more are "
+        "answered 503 at once, so that waiting requests never hold every worker (default 16)."),
     Key("pvc.api.authentication.failures_per_minute", "auth_failures_per_minute", check.count, False,
         "Failed authentications one client address may make per minute before it gets 429 (default 10)."),
     Key("pvc.store.path", "store_path", check.opt_str, False, "Embedded store file (default in the data directory)."),
@@ -150,6 +160,18 @@ KEYS: tuple[Key, ...] = (
         "Seconds a VM gets to shut down gracefully before it is forced off (default 90)."),
     Key("pvc.system.intervals.flush_parallel", "flush_parallel", check.count, False,
         "How many VMs a flush or ready moves at a time (default 4)."),
+    Key("pvc.system.commands.timeout", "command_timeout", check.positive, False,
+        "Seconds a node agent has to carry out a command (a Ceph pool, volume or snapshot change) "
+        "before the request fails; a command not started by then is never run (default 60)."),
+    Key("pvc.system.commands.osd_timeout", "osd_timeout", check.positive, False,
+        "The same for adding and removing an OSD, which waits for its data to move (default 600)."),
+    Key("pvc.system.commands.workers", "command_workers", check.count, False,
+        "Commands one node agent carries out at once; more wait their turn (default 8)."),
+    Key("pvc.ceph.config", "ceph_config", check.opt_str, False,
+        "The ceph.conf the node agent's ceph, rbd and rados commands use (default: Ceph's own, "
+        "/etc/ceph/ceph.conf); relative to this file."),
+    Key("pvc.ceph.figures_interval", "ceph_figures_interval", check.positive, False,
+        "Seconds between the node agent's Ceph figures (status, df, pool and OSD stats; default 10)."),
     Key("pvc.system.fencing.intervals.fence_intervals", "fence_intervals", check.count, False,
         "Keepalive intervals without a keepalive after which a node is dead (default 6)."),
     Key("pvc.system.fencing.actions.successful_fence", "successful_fence", check.fence_action, False,
@@ -217,6 +239,9 @@ def settings_from_mapping(data: Any, source: str, env: Mapping[str, str]) -> Set
         # pvc's shorthand for libvirt's test driver on a node file: test:PATH, relative to this file.
         values["libvirt_uri"] = "test://" + os.path.join(os.path.dirname(os.path.abspath(source)),
                                                          os.path.expanduser(uri[len("test:"):]))
+    if values.get("ceph_config"):  # relative to the configuration file, like the store's path
+        values["ceph_config"] = os.path.join(os.path.dirname(os.path.abspath(source)),
+                                             os.path.expanduser(values["ceph_config"]))
     if not values.get("store_path"):
         values["store_path"] = default_store_path(env)
     else:  # a relative path is relative to the configuration file, not to where pvc runs

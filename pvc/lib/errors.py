@@ -84,6 +84,13 @@ class Timeout(PvcError):
     kind = "timeout"
 
 
+class CommandFailed(PvcError):
+    """A node agent ran a command (a Ceph change) and it failed; the message is the node's reason,
+    such as Ceph's own error text. Nothing was written to the tree."""
+
+    kind = "command_failed"
+
+
 class NotImplementedYet(PvcError):
     """The manual names this endpoint for a later version (its "todo v0.6")."""
 

@@ -18,6 +18,9 @@ PRIMARY_NODE = "/primary_node"
 DOMAINS = "/domains"
 NETWORKS = "/networks"
 CEPH = "/ceph"
+#: pvc's own: commands addressed to node agents (DESIGN "Commands to agents"), beside the
+#: original layout; each entry is one JSON value, /commands/<id>.
+COMMANDS = "/commands"
 
 #: The root tree `pvc init` creates (original §3.2), parents before children.
 ROOT_TREE: tuple[tuple[str, str], ...] = (
@@ -30,10 +33,11 @@ ROOT_TREE: tuple[tuple[str, str], ...] = (
     (CEPH + "/pools", ""),
     (CEPH + "/volumes", ""),
     (CEPH + "/snapshots", ""),
+    (COMMANDS, ""),
 )
 
 #: Keys that `pvc init --yes` removes before re-creating the root tree.
-ROOTS = (NODES, PRIMARY_NODE, DOMAINS, NETWORKS, CEPH)
+ROOTS = (NODES, PRIMARY_NODE, DOMAINS, NETWORKS, CEPH, COMMANDS)
 
 #: Value of /primary_node when no node is primary.
 NO_PRIMARY = "none"
@@ -208,6 +212,122 @@ def acl_key(vni: str | int, direction: str, description: str, field: str) -> str
     if field not in ACL_FIELDS:
         raise ValueError(f"unknown ACL field {field!r}")
     return f"{acl(vni, direction, description)}/{field}"
+
+
+# --- Ceph (original §3.7) -------------------------------------------------------------------------
+
+CEPH_OSDS = CEPH + "/osds"
+CEPH_POOLS = CEPH + "/pools"
+CEPH_VOLUMES = CEPH + "/volumes"
+CEPH_SNAPSHOTS = CEPH + "/snapshots"
+#: Text of `rados df`, written by the primary's agent (the text of `ceph status` is /ceph's value).
+CEPH_RADOSDF = CEPH + "/radosdf"
+#: The children of /ceph/osds/<id> and of /ceph/pools/<name>.
+OSD_FIELDS = ("node", "device", "stats")
+POOL_FIELDS = ("pgs", "stats")
+
+#: What Ceph accepts as a pool, image or snapshot name and what is safe as one argument of a
+#: command line: no "/" or "@" (they separate pool, image and snapshot in rbd's spec), no space,
+#: and no leading "-" (it would read as an option).
+_CEPH_NAME = re.compile(r"[A-Za-z0-9_.+:=~][A-Za-z0-9_.+:=~-]{0,127}", re.ASCII)
+_OSD_ID = re.compile(r"(?:0|[1-9][0-9]{0,8})", re.ASCII)
+
+
+def validate_ceph_name(kind: str, value: object) -> str:
+    """A Ceph pool, volume or snapshot name: 1-128 of A-Z a-z 0-9 _ . + : = ~ -, not starting with
+    "-", and not "." or ".."; else InvalidArgument naming what is wrong."""
+    if isinstance(value, str) and _CEPH_NAME.fullmatch(value) and value not in (".", ".."):
+        return value
+    if not isinstance(value, str) or value == "":
+        raise InvalidArgument(f"Invalid {kind} name: it must not be empty.")
+    if len(value) > 128:
+        raise InvalidArgument(f"Invalid {kind} name: it is longer than 128 characters.")
+    if value.startswith("-"):
+        raise InvalidArgument(f"Invalid {kind} name {quote(value)}: it must not start with '-'.")
+    bad = next((c for c in value if not _CEPH_NAME.fullmatch("a" + c)), None)
+    if bad is not None:
+        raise InvalidArgument(f"Invalid {kind} name {quote(value)}: it must not contain {quote(bad)}; use letters, "
+                              "digits and _ . + : = ~ - only.")
+    raise InvalidArgument(f"Invalid {kind} name {quote(value)}: '.' and '..' are not names.")
+
+
+def validate_osd_id(value: object) -> str:
+    """An OSD id as Ceph numbers them (0, 1, ...), as text; else InvalidArgument."""
+    text = str(value) if isinstance(value, (str, int)) and not isinstance(value, bool) else ""
+    if not _OSD_ID.fullmatch(text):
+        raise InvalidArgument(f"Invalid OSD id {quote(value)}: it must be a number such as 0 or 12.")
+    return text
+
+
+def osd(osd_id: str | int) -> str:
+    """/ceph/osds/<id>: its value is empty."""
+    return f"{CEPH_OSDS}/{validate_osd_id(osd_id)}"
+
+
+def osd_key(osd_id: str | int, field: str) -> str:
+    """/ceph/osds/<id>/<field> for one of OSD_FIELDS."""
+    if field not in OSD_FIELDS:
+        raise ValueError(f"unknown OSD field {field!r}")
+    return f"{osd(osd_id)}/{field}"
+
+
+def pool(name: str) -> str:
+    """/ceph/pools/<name>: its value is empty."""
+    return f"{CEPH_POOLS}/{validate_ceph_name('pool', name)}"
+
+
+def pool_key(name: str, field: str) -> str:
+    """/ceph/pools/<name>/<field> for one of POOL_FIELDS."""
+    if field not in POOL_FIELDS:
+        raise ValueError(f"unknown pool field {field!r}")
+    return f"{pool(name)}/{field}"
+
+
+def pool_volumes(name: str) -> str:
+    """/ceph/volumes/<pool>: the pool's volumes are its children."""
+    return f"{CEPH_VOLUMES}/{validate_ceph_name('pool', name)}"
+
+
+def volume(pool_name: str, name: str) -> str:
+    """/ceph/volumes/<pool>/<volume>: its value is empty."""
+    return f"{pool_volumes(pool_name)}/{validate_ceph_name('volume', name)}"
+
+
+def volume_stats(pool_name: str, name: str) -> str:
+    """/ceph/volumes/<pool>/<volume>/stats: the text of `rbd info --format json`."""
+    return f"{volume(pool_name, name)}/stats"
+
+
+def pool_snapshots(name: str) -> str:
+    """/ceph/snapshots/<pool>: a child per volume, whose children are its snapshots."""
+    return f"{CEPH_SNAPSHOTS}/{validate_ceph_name('pool', name)}"
+
+
+def volume_snapshots(pool_name: str, name: str) -> str:
+    """/ceph/snapshots/<pool>/<volume>: the volume's snapshots are its children."""
+    return f"{pool_snapshots(pool_name)}/{validate_ceph_name('volume', name)}"
+
+
+def snapshot(pool_name: str, volume_name: str, name: str) -> str:
+    """/ceph/snapshots/<pool>/<volume>/<snapshot>: its value is empty."""
+    return f"{volume_snapshots(pool_name, volume_name)}/{validate_ceph_name('snapshot', name)}"
+
+
+def snapshot_stats(pool_name: str, volume_name: str, name: str) -> str:
+    """/ceph/snapshots/<pool>/<volume>/<snapshot>/stats: `{}` (the original writes nothing more)."""
+    return f"{snapshot(pool_name, volume_name, name)}/stats"
+
+
+# --- commands to node agents (pvc's own) --------------------------------------------------------
+
+_COMMAND_ID = re.compile(r"[0-9a-f]{32}", re.ASCII)
+
+
+def command(command_id: str) -> str:
+    """/commands/<id>: one command's JSON entry (see :mod:`pvc.lib.commands`)."""
+    if not isinstance(command_id, str) or not _COMMAND_ID.fullmatch(command_id):
+        raise InvalidArgument(f"Invalid command id {quote(command_id)}.")
+    return f"{COMMANDS}/{command_id}"
 
 
 def parent(path: str) -> str:

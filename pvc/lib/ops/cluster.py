@@ -57,7 +57,8 @@ def _empty(core: Cluster) -> bool:
     store = core.store
     if any(entry is None for entry in store.get_many([path for path, _ in schema.ROOT_TREE]).values()):
         return False
-    containers = [path for path, _ in schema.ROOT_TREE if path not in (schema.PRIMARY_NODE, schema.CEPH)]
+    # Commands in flight are not data: a cluster whose agents are talking is still empty.
+    containers = [path for path, _ in schema.ROOT_TREE if path not in (schema.PRIMARY_NODE, schema.CEPH, schema.COMMANDS)]
     return all(not store.children(path) for path in containers)
 
 

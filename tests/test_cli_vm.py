@@ -497,12 +497,12 @@ def test_remove_asks_first(cli: Callable[..., Any], nodes: Cluster, vms: dict[st
     assert (result.exit_code, result.stderr) == (1, "Aborted!\n"), result.output
     assert result.stdout == "Really remove web1? This cannot be undone. [y/N]: n\n"
     assert snapshot(nodes) == before
-    # Confirmed (or --yes): refused, as the storage commands do not exist yet; nothing removed.
-    stderr = refused(cli, nodes, 4, "Error: Cannot remove the disks of VM 'web1'", "storage commands are not available",
+    # Confirmed (or --yes): refused, as its disk is no volume pvc knows; nothing removed.
+    stderr = refused(cli, nodes, 4, "Error: Cannot remove the disks of VM 'web1'", "is not a volume pvc knows",
                      args=("vm", "remove", "web1"), input="y\n")
     assert stderr.count("Error: ") == 1
     for flag in ("-y", "--yes"):
-        refused(cli, nodes, 4, "storage commands are not available", args=("vm", "remove", flag, "web1"))
+        refused(cli, nodes, 4, "is not a volume pvc knows", args=("vm", "remove", flag, "web1"))
     refused(cli, nodes, 3, "Error: VM 'nope' not found.", args=("vm", "remove", "--yes", "nope"))
 
 

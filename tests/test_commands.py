@@ -230,3 +230,56 @@ def test_command_ids_and_names_are_validated(one: AgentCluster) -> None:
     with pytest.raises(NotFound):
         one.core.store.get(schema.command("0" * 32))
     assert json.loads(commands.encode({"b": 1, "a": 2})) == {"a": 2, "b": 1}
+
+
+def test_waiting_requests_do_not_starve_the_server(agents: AgentCluster, tmp_path: Path) -> None:
+    """Through a real `pvc serve` with 4 workers and room for 2 waiting requests: two storage
+    actions wait on a node whose Ceph does not answer (a monitor address nobody listens on), a
+    third is answered 503 at once, and other routes are answered meanwhile."""
+    import http.client
+    import urllib.parse
+
+    from pvc.server.run import build_server, url_of
+
+    conf = tmp_path / "ceph.conf"
+    conf.write_text("[global]\nmon host = 127.0.0.1:9\nauth client required = none\n")
+    agents.start("hv1", ceph_config=str(conf))
+    settings = agents.settings.replace(threads=4, command_waiters=2, command_timeout=4.0)
+
+    def call(method: str, path: str, body: str = "") -> tuple[int, dict[str, Any], float]:
+        started = time.monotonic()
+        conn = http.client.HTTPConnection(host, port, timeout=30)
+        try:
+            conn.request(method, "/api/v1" + path, body=body,
+                         headers={"Content-Type": "application/x-www-form-urlencoded"} if body else {})
+            answer = conn.getresponse()
+            return answer.status, json.loads(answer.read() or b"null"), time.monotonic() - started
+        finally:
+            conn.close()
+
+    api = Cluster(settings.replace(listen_port=0))  # the cluster the agents' fixture initialised
+    server = build_server(api)
+    serving = threading.Thread(target=server.serve, daemon=True)
+    serving.start()
+    try:
+        url = urllib.parse.urlsplit(url_of(server, api.settings))
+        host, port = url.hostname, url.port
+        results: list[tuple[int, dict[str, Any], float]] = []
+        waiting = [threading.Thread(target=lambda i=i: results.append(
+            call("POST", "/storage/ceph/pool", f"pool=stuck{i}&pgs=8"))) for i in range(2)]
+        for t in waiting:
+            t.start()
+        until(lambda: len(entries(agents.core)) == 2, what="two waiting storage requests")
+        status, body, seconds = call("POST", "/storage/ceph/pool", "pool=third&pgs=8")
+        assert status == 503 and "Too many requests are waiting for node commands" in body["message"]
+        assert seconds < 2
+        status, body, seconds = call("GET", "/node")
+        assert status == 200 and body[0]["name"] == "hv1" and seconds < 2
+        for t in waiting:
+            t.join(30)
+        assert sorted(r[0] for r in results) == [510, 510], results
+        assert not agents.core.store.exists(schema.CEPH_POOLS + "/stuck0")
+    finally:
+        server.stop()
+        serving.join(15)
+        api.close()

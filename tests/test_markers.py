@@ -218,3 +218,30 @@ def test_the_first_user_of_a_slow_session_fixture_has_its_start_on_top_of_the_ti
                           timeout=120)
     assert re.search(r"^PASSED .*test_first$", done.stdout, re.M), done.stdout
     assert re.search(r"^FAILED .*test_second - Failed: Timeout \(>2\.0s\)", done.stdout, re.M), done.stdout
+
+
+def test_tests_that_use_the_lab_ceph_are_marked_ceph_without_being_told(tmp_path: Path) -> None:
+    """The `ceph` marker, like `zk`: the session's ceph_lab fixture anywhere in a test's fixture
+    closure is enough for -m ceph to select it and -m "not ceph" to leave it out."""
+    tests = tmp_path / "ceph"
+    tests.mkdir()
+    (tests / "test_ceph_use.py").write_text(textwrap.dedent('''
+        import pytest
+
+        @pytest.fixture
+        def pool(ceph_lab):
+            return ceph_lab
+
+        def test_lab(ceph_lab): pass
+        def test_through_a_fixture(pool): pass
+        @pytest.mark.ceph
+        def test_marked_by_hand(tmp_path): pass
+        def test_plain(tmp_path): pass
+        def test_engine(engine): pass
+    '''))
+    args = ("-p", "tests.conftest", str(tests))
+    ceph, not_ceph = collect(tmp_path, ("-m", "ceph", *args), ("-m", "not ceph", *args))
+    assert sorted(test.split("::")[-1] for test in ceph) == ["test_lab", "test_marked_by_hand",
+                                                            "test_through_a_fixture"]
+    assert sorted(test.split("::")[-1] for test in not_ceph) == ["test_engine[embedded]", "test_engine[zookeeper]",
+                                                                "test_plain"]

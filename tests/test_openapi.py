@@ -10,6 +10,8 @@ import jsonschema
 import pytest
 from openapi_spec_validator import validate
 
+from pvc.lib import schema
+from pvc.lib.ceph_records import Volume, osd_object, pool_object, volume_object
 from pvc.lib.config import Settings, Token
 from pvc.lib.core import Cluster
 from pvc.lib.node_records import node_object
@@ -159,6 +161,11 @@ SAMPLES: dict[str, list[Any]] = {
               lease_object("52:54:00:00:00:01", {}, True), lease_object("52:54:00:00:00:01", {"expiry": "x"}, False)],
     "Acl": [_acl_object("in", "ssh", {"order": Entry("0", 1), "rule": Entry("tcp dport 22 accept", 0)}),
             _acl_object("out", "x", {}), _acl_object("in", "y", {"order": Entry("bad", 0), "rule": None})],
+    "Osd": [osd_object("0", {"node": "hv1", "device": "/dev/sdb", "stats": '{"up": 1, "in": 1, "pgs": 64}'}),
+            osd_object("12", {}), osd_object("3", {"stats": "not json"})],
+    "Pool": [pool_object("vms", {"pgs": "128", "stats": '{"id": 1, "size_bytes": 0}'}), pool_object("p", {}),
+             pool_object("p", {"pgs": "x", "stats": "[1]"})],
+    "Volume": [volume_object(Volume("vms", "v"), '{"size": 1073741824, "format": 2}'), volume_object(Volume("p", "v"), None)],
 }
 
 
@@ -183,9 +190,14 @@ def test_real_answers_match_the_declared_schemas(nodes: Cluster) -> None:
                 dhcp4_start="10.0.0.100", dhcp4_end="10.0.0.199")
     add_lease(core, "100", "52:54:00:00:00:01", "10.0.0.5", "h1")
     add_acl(core, "100", "ssh", "in", "tcp dport 22 accept")
+    from tests.test_ops_storage import seed
+
+    seed(core)  # OSDs, pools, volumes and snapshots as the agents write them, and the primary's figures
+    core.store.write({schema.CEPH: "health: HEALTH_OK", schema.CEPH_RADOSDF: "POOL_NAME USED", schema.PRIMARY_NODE: "hv1"})
     client = Client(create_app(core))
     document = openapi_document(core)
-    values = {"node": "hv1", "vm": "web1", "network": "100", "lease": "52:54:00:00:00:01", "acl": "ssh"}
+    values = {"node": "hv1", "vm": "web1", "network": "100", "lease": "52:54:00:00:00:01", "acl": "ssh", "osd": "0",
+              "pool": "vms", "volume": "web1_disk0", "snapshot": "snap1"}
     seen = 0
     for path, item in document["paths"].items():
         if "get" not in item or path in ("/api/v1", OPENAPI_PATH) or "/auth/" in path:
@@ -202,7 +214,7 @@ def test_real_answers_match_the_declared_schemas(nodes: Cluster) -> None:
         errors = list(validator(document, content["application/json"]["schema"]).iter_errors(body))
         assert not errors, (url, [e.message for e in errors])
         seen += 1
-    assert seen >= 14
+    assert seen >= 25
     # An error answer is the error shape.
     r = client.request("GET", "/api/v1/node/nope")
     error = document["components"]["responses"]["E404"]["content"]["application/json"]["schema"]

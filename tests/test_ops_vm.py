@@ -826,9 +826,27 @@ def test_undefine_by_uuid(via: str, nodes: Cluster, client: Client, web1: str) -
 
 
 @VIA
-def test_undefine_with_delete_disks_is_refused(via: str, nodes: Cluster, client: Client, web1: str) -> None:
+def test_remove_checks_every_disk_first(via: str, nodes: Cluster, client: Client, web1: str) -> None:
+    """`vm remove` (delete_disks) refuses, changing nothing, when a disk is no volume pvc knows, another VM
+    uses one too, or no primary coordinator could remove them. The removal itself, with a real Ceph and
+    node agents, is in tests/test_api_storage.py."""
+    from tests.test_ops_storage import write_pool, write_volume
+
     refused(via, nodes, client, "vm.undefine", 510, "invalid_state", "Cannot remove the disks of VM 'web1'",
-            "the storage commands are not available", "Nothing was removed", vm="web1", delete_disks=True)
+            "its disk 'vms/web1_disk0' is not a volume pvc knows", "Nothing was removed", vm="web1", delete_disks=True)
+    write_pool(nodes, "vms")
+    write_volume(nodes, "vms", "web1_disk0", 1024)
+    define(nodes, "web2", rbd=("vms/web1_disk0",))
+    refused(via, nodes, client, "vm.undefine", 510, "invalid_state", "volume 'vms/web1_disk0' is also a disk of VM "
+            "'web2'", "Nothing was removed", vm="web1", delete_disks=True)
+    run(via, nodes, client, "vm.undefine", vm="web2")
+    refused(via, nodes, client, "vm.undefine", 510, "invalid_state", "No node is the primary coordinator",
+            vm="web1", delete_disks=True)
+    # A VM without RBD disks needs no storage command.
+    uuid = define(nodes, "plain", rbd=())
+    assert run(via, nodes, client, "vm.undefine", vm="plain", delete_disks=True) == (
+        f"Undefined VM 'plain' ({uuid}); it had no RBD disks to remove.")
+    assert vm_keys(nodes, web1)[""] == "web1"
 
 
 # --- state ---------------------------------------------------------------------------------------

@@ -94,3 +94,46 @@ def test_an_unreachable_hypervisor_is_one_clear_line(tmp_path: Any, start_serve:
     err = serve.stderr()
     lines = [line for line in err.splitlines() if "unavailable" in line]
     assert len(lines) == 1 and "Traceback" not in err, err
+
+
+def test_serve_carries_out_storage_commands(tmp_path: Any, start_serve: Callable[..., Serve], ceph_lab: Any) -> None:
+    """The README's first command with a Ceph: `pvc serve`'s own local agent runs the storage
+    commands (issue 9) against the lab Ceph, and publishes its figures."""
+    import uuid
+
+    import yaml
+
+    config = write_config(tmp_path)
+    with open(config) as f:
+        data = yaml.safe_load(f)
+    data["pvc"]["ceph"] = {"config": ceph_lab.conf, "figures_interval": 1}
+    with open(config, "w") as f:
+        yaml.safe_dump(data, f)
+    serve = start_serve(config, "--listen", "127.0.0.1:0")
+    url = serve.url
+    until(lambda: (n := call(url, "GET", API + "/node").json()) and n[0]["coordinator_state"] == "primary",
+          timeout=10, what="the local node to be primary")
+    pool = "serve-" + uuid.uuid4().hex[:8]
+    try:
+        body, headers = form({"pool": pool, "pgs": "8"})
+        r = call(url, "POST", API + "/storage/ceph/pool", body, headers)
+        assert r.status == 200 and pool in r.json()["message"], r.body
+        body, headers = form({"pool": pool, "volume": "disk0", "size": "1G"})
+        r = call(url, "POST", API + "/storage/ceph/volume", body, headers)
+        assert r.status == 200, r.body
+        assert ceph_lab.rbd("ls", "--format", "json", pool) == ["disk0"]
+        r = call(url, "GET", API + f"/storage/ceph/volume/{pool}/disk0")
+        assert r.status == 200 and r.json()[0]["stats"]["size"] == "1024M", r.body  # the original's format
+        listed = json.loads(pvc(config, "storage", "ceph", "volume", "list", "--format", "json").stdout)
+        assert [(v["pool"], v["name"]) for v in listed] == [(pool, "disk0")]
+        status = until(lambda: (r := call(url, "GET", API + "/storage/ceph")).status == 200 and r.json(),
+                       timeout=60, what="the primary's first Ceph figures")
+        assert status["type"] == "status" and status["primary_node"] == "hv-local" and "HEALTH" in status["ceph_data"]
+        assert call(url, "DELETE", API + f"/storage/ceph/volume/{pool}/disk0").status == 200
+        r = call(url, "DELETE", API + f"/storage/ceph/pool/{pool}?yes_i_really_mean_it=1")
+        assert r.status == 200, r.body
+        assert pool not in ceph_lab.ceph("osd", "pool", "ls")
+    finally:
+        ceph_lab.run("ceph", "osd", "pool", "rm", pool, pool, "--yes-i-really-really-mean-it", check=False)
+    assert serve.stop(signal.SIGTERM) == 0
+    assert "Traceback" not in serve.stderr()

@@ -10,10 +10,13 @@ VMs running (an agent restart must not stop guests) and reports ``stop``.
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 import time
 
+from pvc.agent import ceph as _ceph_handlers  # noqa: F401  (registers the Ceph commands' handlers)
 from pvc.agent import host
+from pvc.agent.ceph_figures import CephFigures
 from pvc.agent.commands import CommandWorker
 from pvc.agent.coordinator import check_nodes, follow_primary, release_primary
 from pvc.agent.flush import DomainStateWorker
@@ -80,6 +83,13 @@ class Agent:
         self._publish_lock = threading.Lock()
         self._handles: list[WatchHandle] = []
         self._control = threading.Thread(target=self._loop, name=f"pvc-agent-{self.name}", daemon=True)
+        #: Ceph's figures, on a thread of their own (each `ceph` call takes ~0.3 s): only where
+        #: Ceph is installed or configured.
+        self._ceph: threading.Thread | None = None
+        if settings.ceph_config or shutil.which("ceph"):
+            figures = CephFigures(core, self.name, settings, self.is_primary)
+            self._ceph = threading.Thread(target=figures.loop, args=(self.stopping,), name=f"pvc-ceph-{self.name}",
+                                          daemon=True)
 
     # -- life ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -108,6 +118,8 @@ class Agent:
             raise
         self.domain_state.start()
         self._control.start()
+        if self._ceph is not None:
+            self._ceph.start()
 
     def stop(self, timeout: float = 10.0, clean: bool = True) -> None:
         """Stop the work, hand over the primary role, report ``stop``. VMs keep running.
@@ -127,6 +139,8 @@ class Agent:
         self.domain_state.join(max(deadline - time.monotonic(), 0.1))
         self.vms.join(max(deadline - time.monotonic(), 0.1))  # before the hypervisor closes
         self.commands.stop(max(deadline - time.monotonic(), 0.1))
+        if self._ceph is not None and self._ceph.is_alive():
+            self._ceph.join(max(deadline - time.monotonic(), 0.1))
         self._cancel_watches()
         if not clean:
             self.hv.close()
@@ -142,6 +156,13 @@ class Agent:
             log.warning("Node %s could not report its stop: %s", quote(self.name), e.message)
         self.hv.close()
         log.info("Node agent %s stopped", quote(self.name))
+
+    def is_primary(self) -> bool:
+        """Whether /primary_node names this node (False when the store cannot say)."""
+        try:
+            return self.core.store.get(schema.PRIMARY_NODE).value == self.name
+        except PvcError:
+            return False
 
     def _report(self, state: str) -> None:
         self.core.store.write({schema.node_key(self.name, "daemonstate"): state})

@@ -226,6 +226,12 @@ CEPH_RADOSDF = CEPH + "/radosdf"
 OSD_FIELDS = ("node", "device", "stats")
 POOL_FIELDS = ("pgs", "stats")
 
+#: Ceph's own cluster-wide OSD flags (16.2's `ceph osd set` grammar; its monitor refuses "full"
+#: all the same, and says so); "pglog_hardlimit" cannot be unset.
+OSD_SET_FLAGS = ("full", "pause", "noup", "nodown", "noout", "noin", "nobackfill", "norebalance",
+                 "norecover", "noscrub", "nodeep-scrub", "notieragent", "nosnaptrim", "pglog_hardlimit")
+OSD_UNSET_FLAGS = OSD_SET_FLAGS[:-1]
+
 #: What Ceph accepts as a pool, image or snapshot name and what is safe as one argument of a
 #: command line: no "/" or "@" (they separate pool, image and snapshot in rbd's spec), no space,
 #: and no leading "-" (it would read as an option).

@@ -62,7 +62,8 @@ STR_LIST = {"type": "array", "items": STR}
 
 #: The objects of the reads, as :func:`pvc.lib.node_records.node_object`,
 #: :func:`pvc.lib.vm_records.vm_object`, :func:`pvc.lib.ops.network.network_object`,
-#: :func:`pvc.lib.ops.lease.lease_object` and ``pvc.lib.ops.acl._acl_object`` build them.
+#: :func:`pvc.lib.ops.lease.lease_object`, ``pvc.lib.ops.acl._acl_object`` and
+#: :mod:`pvc.lib.ceph_records` (``osd_object``, ``pool_object``, ``volume_object``) build them.
 OBJECT_SCHEMAS: dict[str, dict[str, Any]] = {
     "Node": _obj({
         "name": STR,
@@ -125,7 +126,32 @@ OBJECT_SCHEMAS: dict[str, dict[str, Any]] = {
         "order": INT_N,
         "rule": STR_N,
     }, "A firewall rule of a network."),
+    "Osd": _obj({
+        "id": INT,
+        "node": {**STR_N, "description": "The node the OSD was created on (pvc's; the original kept it in the tree)."},
+        "device": {**STR_N, "description": "Its device or file (pvc's, as node)."},
+        "stats": {"type": "object", "description": "What its node last published (the original's fields from `ceph "
+                                                   "osd dump`, `osd df` and `osd status`); {} before that."},
+    }, "A Ceph OSD in the original's shape."),
+    "Pool": _obj({
+        "name": STR,
+        "pgs": {**INT_N, "description": "Its placement groups (pvc's; the original kept them in the tree)."},
+        "stats": {"type": "object", "description": "Its `rados df` figures as the primary last published them "
+                                                   "(id, size_bytes, num_objects, ...); {} before that."},
+    }, "A Ceph RBD pool in the original's shape."),
+    "Volume": _obj({
+        "name": STR,
+        "pool": STR,
+        "stats": {"type": "object", "description": "`rbd info --format json` of its last change, with `size` "
+                                                   "humanised as the original did (10G, 1024M)."},
+    }, "A Ceph RBD volume in the original's shape."),
 }
+
+#: The original's snapshot "object": a string.
+SNAPSHOT = {"type": "string", "pattern": "^[^/@]+/[^/@]+@[^/@]+$", "description": "pool/volume@snapshot"}
+CEPH_FIGURES = _obj({"ceph_data": STR, "primary_node": STR_N, "type": {"type": "string", "enum": ["status", "utilization"]}},
+                    "The text the primary coordinator published: `ceph status` or `rados df`.")
+OSD_FLAG = {"type": ["integer", "null"], "enum": [0, 1, None]}
 
 #: The answer of each read, by operation name: a list of objects, or one small object.
 RESULT_SCHEMAS: dict[str, dict[str, Any]] = {
@@ -146,6 +172,17 @@ RESULT_SCHEMAS: dict[str, dict[str, Any]] = {
     "network.acl.list": {"type": "array", "items": _ref("Acl")},
     # Without a direction: the rule of that description in each direction.
     "network.acl.info": {"type": "array", "items": _ref("Acl"), "minItems": 1, "maxItems": 2},
+    "storage.ceph.status": CEPH_FIGURES,
+    "storage.ceph.df": CEPH_FIGURES,
+    "storage.ceph.osd.list": {"type": "array", "items": _ref("Osd")},
+    "storage.ceph.osd.info": {"type": "array", "items": _ref("Osd"), "minItems": 1, "maxItems": 1},
+    "storage.ceph.osd.state": _obj({"id": INT, "in": OSD_FLAG, "up": OSD_FLAG}),
+    "storage.ceph.pool.list": {"type": "array", "items": _ref("Pool")},
+    "storage.ceph.pool.info": {"type": "array", "items": _ref("Pool"), "minItems": 1, "maxItems": 1},
+    "storage.ceph.volume.list": {"type": "array", "items": _ref("Volume")},
+    "storage.ceph.volume.info": {"type": "array", "items": _ref("Volume"), "minItems": 1, "maxItems": 1},
+    "storage.ceph.volume.snapshot.list": {"type": "array", "items": SNAPSHOT},
+    "storage.ceph.volume.snapshot.info": {"type": "array", "items": SNAPSHOT, "minItems": 1, "maxItems": 1},
 }
 
 ERROR_SCHEMA = _obj({

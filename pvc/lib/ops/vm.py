@@ -13,7 +13,17 @@ from typing import Any
 from pvc.lib import schema
 from pvc.lib.config_values import SELECTORS
 from pvc.lib.core import Cluster, not_initialised
-from pvc.lib.errors import AlreadyExists, Conflict, InvalidArgument, InvalidState, NotFound, quote
+from pvc.lib.errors import (
+    AlreadyExists,
+    CommandFailed,
+    Conflict,
+    InvalidArgument,
+    InvalidState,
+    NotFound,
+    PvcError,
+    Timeout,
+    quote,
+)
 from pvc.lib.match import select_any
 from pvc.lib.placement import check_target, choose_node
 from pvc.lib.registry import Param, Variant, completer, operation
@@ -247,21 +257,24 @@ def _put(vm: Vm, field: str, value: str) -> Create | Set:
                 "Stop a VM and remove it from the cluster; its disks are kept.\n\nThe VM's keys go in one "
                 "transaction; its node's agent stops the domain when it sees them go."),
         Variant("remove", {"delete_disks": True},
-                "Stop a VM and remove it and its RBD disks from the cluster.\n\nNot available yet: removing "
-                "disks needs the storage commands, so this fails and removes nothing; use undefine.",
+                "Stop a VM and remove it and its RBD disks from the cluster.\n\nThe VM goes first (as undefine), "
+                "then each volume of its disks (as `pvc storage ceph volume remove`); the message names the "
+                "volumes removed and any that could not be. Refused, with nothing changed, when a disk is not a "
+                "known volume or another VM uses it too.",
                 destructive=True),
     ),
 )
 def undefine_vm(core: Cluster, vm: str, delete_disks: bool = False) -> str:
-    """Forcibly stop a VM and remove it from the cluster.
+    """Forcibly stop a VM and remove it from the cluster; with delete_disks, also its RBD volumes.
 
     The VM's keys go in one transaction; its node's agent sees them go and stops the domain.
+    With delete_disks the volumes of its disks (its rbdlist) are then removed one by one through
+    the primary coordinator, after the domain has stopped; every disk is checked first (a
+    volume pvc knows, used by no other VM), so a refusal changes nothing. A volume that Ceph
+    refuses to remove afterwards fails the request with a message saying what was removed.
     """
-    found = find_vm(core, vm, ())
-    if delete_disks:
-        raise InvalidState(f"Cannot remove the disks of VM {quote(found.name)}: the storage commands are not "
-                           "available in this version of pvc. Nothing was removed; undefine the VM and keep its "
-                           "disks instead (pvc vm undefine, or DELETE without delete_disks).")
+    found = find_vm(core, vm, ("rbdlist", "state", "node") if delete_disks else ())
+    volumes = _disks_to_remove(core, found) if delete_disks else []
 
     def attempt() -> str:
         try:
@@ -275,7 +288,79 @@ def undefine_vm(core: Cluster, vm: str, delete_disks: bool = False) -> str:
             raise Conflict("a key of the VM was removed meanwhile") from None
         return f"Undefined VM {quote(found.name)} ({found.uuid})."
 
-    return retrying(f"VM {quote(vm)}", attempt)
+    message = retrying(f"VM {quote(vm)}", attempt)
+    if not delete_disks:
+        return message
+    if not volumes:
+        return f"{message[:-1]}; it had no RBD disks to remove."
+    _wait_domain_gone(core, found)
+    from pvc.lib.ops.storage import remove_volume
+
+    removed, failed = [], []
+    for pool, volume in volumes:
+        try:
+            remove_volume(core, pool, volume)
+            removed.append(f"{pool}/{volume}")
+        except PvcError as e:
+            failed.append(f"{quote(pool + '/' + volume)} ({e.message.rstrip('.')})")
+    done = f"{message[:-1]} and removed its volume(s) {', '.join(quote(v) for v in removed)}" if removed else \
+        f"{message[:-1]} but removed none of its volumes"
+    if failed:
+        raise CommandFailed(f"{done}; could not remove volume(s) {'; '.join(failed)}. Remove them with `pvc storage "
+                            "ceph volume remove` once the cause is fixed.")
+    return done + "."
+
+
+def _disks_to_remove(core: Cluster, found: Vm) -> list[tuple[str, str]]:
+    """The (pool, volume) of a VM's RBD disks, each checked: a volume in the tree, used by no
+    other VM, and a primary coordinator to remove it; else the whole request is refused."""
+    from pvc.lib import commands
+    from pvc.lib.ceph_records import volume_users
+
+    specs = list(dict.fromkeys(s.strip() for s in (found.value("rbdlist") or "").split(",") if s.strip()))
+    out = []
+    for spec in specs:
+        pool, _, volume = spec.partition("/")
+        try:
+            if not core.store.exists(schema.volume(pool, volume)):
+                raise NotFound("no such volume in the cluster")
+        except (InvalidArgument, NotFound) as e:
+            raise InvalidState(f"Cannot remove the disks of VM {quote(found.name)}: its disk {quote(spec)} is not a "
+                               f"volume pvc knows ({e.message.rstrip('.')}). Nothing was removed; undefine the VM "
+                               "and remove its volumes by hand.") from None
+        out.append((pool, volume))
+    if out:
+        users = volume_users(core)
+        for pool, volume in out:
+            others = [n for n in users.get(f"{pool}/{volume}", []) if n != found.name]
+            if others:
+                raise InvalidState(f"Cannot remove the disks of VM {quote(found.name)}: volume "
+                                   f"{quote(pool + '/' + volume)} is also a disk of VM {', '.join(quote(n) for n in others)}. "
+                                   "Nothing was removed.")
+        commands.primary(core)  # no primary coordinator: refuse now, not with the VM gone
+    return out
+
+
+def _wait_domain_gone(core: Cluster, found: Vm) -> None:
+    """Wait until the VM's node no longer reports its domain running (Ceph refuses to remove an
+    image a running VM holds open); at most the command timeout, then the removal says why."""
+    node = found.node
+    if found.state == "stop" or not node:
+        return
+    try:
+        key = schema.node_key(node, "runningdomains")
+    except InvalidArgument:
+        return
+
+    def gone() -> bool:
+        entry = core.store.get_many([key])[key]
+        return entry is None or found.uuid not in entry.value.split()
+
+    try:
+        # Bounded like a command: a request must not hold a worker for the long --wait deadline.
+        core.store.wait_for([key], gone, min(core.settings.wait_timeout, core.settings.command_timeout))
+    except Timeout:
+        pass  # Ceph's own refusal ("image still has watchers") then says what holds it
 
 
 # --- state and node ---------------------------------------------------------------------------

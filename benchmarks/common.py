@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 import uuid
-from typing import Iterator
+from typing import Iterator, Sequence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -170,13 +170,20 @@ class Stores:
 
 
 class Server:
-    """`pvc serve --listen 127.0.0.1:0` on a configuration file, until stop()."""
+    """`pvc serve --listen 127.0.0.1:0` on a configuration file, until stop().
 
-    def __init__(self, config: str, directory: str, timeout: float = 30.0):
-        self.log_path = os.path.join(directory, "serve.log")
+    ``args`` are added to `pvc serve`'s (e.g. ``["--no-agent"]``). ``command`` replaces the whole
+    command line (``config`` is then unused): any server that prints the same "Listening on
+    http://HOST:PORT/api/v1" line once it accepts connections, e.g. bench_http.py's ceiling."""
+
+    def __init__(self, config: str, directory: str, timeout: float = 30.0, args: Sequence[str] = (),
+                 command: Sequence[str] | None = None, log_name: str = "serve.log"):
+        self.log_path = os.path.join(directory, log_name)
         self.log = open(self.log_path, "wb")
-        self.process = subprocess.Popen([PVC, "--config", config, "serve", "--listen", "127.0.0.1:0"],
-                                        stdout=subprocess.PIPE, stderr=self.log, stdin=subprocess.DEVNULL, text=True)
+        argv = list(command) if command is not None else [PVC, "--config", config, "serve", "--listen", "127.0.0.1:0",
+                                                          *args]
+        self.process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self.log, stdin=subprocess.DEVNULL,
+                                        text=True)
         lines: queue.Queue[str | None] = queue.Queue()
 
         def pump() -> None:  # keep reading stdout, so the server never blocks on a full pipe
@@ -200,6 +207,10 @@ class Server:
             if match:
                 self.host, self.port = match.group(2), int(match.group(3))
                 return
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
 
     def log_tail(self, lines: int = 30) -> str:
         """The end of the server's log (its errors and access log so far)."""
@@ -273,3 +284,27 @@ def time_command(args: list[str], runs: int, env: dict[str, str], timeout: float
         if i:  # the first run only warms the file cache
             samples.append(elapsed)
     return samples
+
+
+def process_memory(pid: int) -> dict[str, int]:
+    """VmRSS, VmHWM (peak RSS), VmSize and Threads of process ``pid``, from /proc/<pid>/status
+    (memory in kB, as the kernel gives it)."""
+    figures = {}
+    with open(f"/proc/{pid}/status", encoding="ascii") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM", "VmSize", "Threads"):
+                figures[key] = int(value.split()[0])
+    return figures
+
+
+def code_version() -> str:
+    """The commit measured, and whether the work tree's pvc/ differs from it."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "pvc"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{head or 'unknown'}{' with uncommitted changes in pvc/' if dirty else ''}"

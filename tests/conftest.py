@@ -7,6 +7,7 @@ import inspect
 import os
 import re
 import sys
+import tempfile
 import uuid
 from typing import Any, Callable, Iterable, Iterator
 
@@ -19,8 +20,13 @@ from pvc.lib.node_reports import NodeFacts, NodeFigures, publish_figures, regist
 from pvc.lib.ops.cluster import init_cluster
 from pvc.lib.store import Create
 from pvc.lib.store.zookeeper import ZooKeeperStore
+from tests.ceph_fixtures import ceph_lab, uses_ceph  # noqa: F401  (the session's lab Ceph; marks `ceph`)
 from tests.wsgi import Client
 from tests.zkserver import ZooKeeperServer
+
+# The CLI keeps parsed VM XML in the user's cache directory between runs: the suite's commands
+# (in-process and subprocesses) keep theirs in a directory of the run's own instead.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="pvc-test-cache-")
 
 ENGINES = ("embedded", "zookeeper")
 
@@ -70,12 +76,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if uses_zookeeper(item) and item.get_closest_marker("zk") is None:
             item.add_marker(pytest.mark.zk)
+        if uses_ceph(item) and item.get_closest_marker("ceph") is None:
+            item.add_marker(pytest.mark.ceph)
 
 
 #: Session fixtures whose first start may take longer than a test's timeout (pytest-timeout counts
 #: fixture setup in the test's time), each with the name of its module's own start deadline: the
 #: hypervisor lab may install libvirt and QEMU first (tests/qemu_lab.py START_TIMEOUT).
-SLOW_SESSION_FIXTURES = {"hypervisor_lab": "START_TIMEOUT"}
+SLOW_SESSION_FIXTURES = {"hypervisor_lab": "START_TIMEOUT", "ceph_lab": "START_TIMEOUT"}
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -187,10 +195,16 @@ def nodes(core: Cluster, add_node: Callable[..., str]) -> Cluster:
 
 
 @pytest.fixture
-def client(core: Cluster) -> Client:
+def client(core: Cluster) -> Iterator[Client]:
+    """The API on the test's cluster, reading through the read view `pvc serve` uses. It wraps
+    ``core``'s store, so what a test writes through ``core`` is seen on the next request."""
+    from pvc.lib.store.view import ViewStore
     from pvc.server.app import create_app
 
-    return Client(create_app(core))
+    view = ViewStore(core.store, owns=False)
+    assert view.wait_ready(30), "the read view was not built"
+    yield Client(create_app(Cluster(core.settings, view)))
+    view.close()
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from tests.zkserver import ZooKeeperServer
 
 ROOT = Path(__file__).resolve().parent.parent
 SHELLS = ("bash", "zsh", "fish")
-HEAVY = ("kazoo", "bottle", "cheroot", "lxml")
+HEAVY = ("kazoo", "bottle", "cheroot", "lxml", "regex", "libvirt", "tabulate")
 PVC = shutil.which("pvc")
 FACTS = NodeFacts(4, "6.1.0-amd64", "GNU/Linux", "x86_64")
 

@@ -4,6 +4,7 @@ placement was one)."""
 
 from __future__ import annotations
 
+import json
 import pkgutil
 import subprocess
 import sys
@@ -27,3 +28,14 @@ def test_every_module_imports_on_its_own() -> None:
         if proc.returncode != 0:
             failures[name] = err.strip().splitlines()[-1]
     assert failures == {}
+
+
+def test_the_command_root_imports_no_library() -> None:
+    """`import pvc.cli` (what `pvc --help` and completion start with) loads Click and the lazy
+    tree only: the operation registry, the store and the commands load when a group is used."""
+    code = "import json, sys; import pvc.cli; print(json.dumps(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    loaded = set(json.loads(out.stdout))
+    assert {"click", "pvc.cli", "pvc.cli.groups"} <= loaded
+    assert sorted(m for m in loaded if m.startswith(("pvc.lib", "pvc.cli.build", "pvc.cli.commands", "pvc.cli.views",
+                                                      "yaml", "tabulate"))) == []

@@ -1,8 +1,10 @@
 """The `pvc` command: its tree follows the API's endpoint tree.
 
-Importing this module builds the whole command tree from the operation registry. It imports
-neither kazoo, lxml, bottle nor cheroot: those load only when a command needs the store or the
-server, so `pvc --help` and shell completion stay fast.
+The tree is lazy (:mod:`pvc.cli.groups`): the root lists its commands from a generated index, and
+a group's commands are built from the operation registry only when that group is used. So
+`pvc --help` and shell completion import Click and little else, and `pvc vm ...` builds the vm
+commands only. kazoo, lxml, bottle and cheroot load only when a command needs the store or the
+server.
 """
 
 from __future__ import annotations
@@ -10,19 +12,10 @@ from __future__ import annotations
 import click
 
 from pvc import __version__
-from pvc.cli import views  # noqa: F401  (registers the table views)
-from pvc.cli.build import add_operations, group_for
-from pvc.cli.commands.agent import agent
-from pvc.cli.commands.lease_hook import lease_hook
-from pvc.cli.commands.serve import serve
-from pvc.cli.commands.vm_modify import modify as vm_modify
-from pvc.cli.context import CliContext
-from pvc.cli.groups import GROUPS
-from pvc.lib.core import Cluster
-from pvc.lib.registry import load_all
+from pvc.cli.groups import LazyRoot
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120})
+@click.group(cls=LazyRoot, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120})
 @click.version_option(__version__, "--version", prog_name="pvc")
 @click.option("--config", "config", metavar="FILE", type=click.Path(dir_okay=False),
               help="Configuration file (default: $PVC_CONFIG_FILE, else /etc/pvc/pvc-api.yaml if present, "
@@ -35,17 +28,13 @@ def cli(ctx: click.Context, config: str | None) -> None:
     coordinators, else the embedded store of this host. `pvc serve` offers the same operations
     over HTTP.
     """
+    from pvc.cli.context import CliContext
+    from pvc.lib.core import Cluster
+
     if isinstance(ctx.obj, Cluster):  # tests pass a ready cluster handle
         ctx.obj = CliContext(core=ctx.obj)
     elif ctx.obj is None:
         ctx.obj = CliContext(config)
-
-
-add_operations(cli, load_all(), GROUPS)
-cli.add_command(serve)
-cli.add_command(agent)
-group_for(cli, ("network", "lease"), GROUPS).add_command(lease_hook)
-group_for(cli, ("vm",), GROUPS).add_command(vm_modify)
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
-"""Registry → Click: one command per operation (or per declared variant), built once.
+"""Registry → Click: one command per operation (or per declared variant), built when its group is
+first used (see :mod:`pvc.cli.groups`), and the generated index of the top-level commands.
 
 Commands take the cluster from the lazy context object, convert values with the registry's
 converters, call the library function and print its result; a PvcError becomes `Error: ...` on
@@ -7,15 +8,18 @@ stderr and the exit code of :mod:`pvc.cli.errors`.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import importlib
+from pathlib import Path
+from typing import Any, Callable, MutableMapping
 
 import click
 
-from pvc.cli.context import CliContext, completion_core
+from pvc.cli import views  # noqa: F401  (registers the table views the commands name)
 from pvc.cli.errors import CommandFailed, Exit
+from pvc.cli.groups import COMMANDS, GROUPS, load_command
 from pvc.cli.render import FORMATS, RENDERERS, render, use_colour
 from pvc.lib.errors import InvalidArgument, PvcError
-from pvc.lib.registry import COMPLETERS, Operation, Param, convert
+from pvc.lib.registry import COMPLETERS, OPERATIONS, Operation, Param, convert, load_all
 
 
 class ValueType(click.ParamType):
@@ -44,6 +48,10 @@ class ValueType(click.ParamType):
             return [CompletionItem(c) for c in self.param.choices if c.startswith(incomplete)]
         if self.param.complete is None:
             return []
+        from pvc.cli.context import completion_core
+
+        if self.param.complete not in COMPLETERS:  # declared in an operation module not loaded yet
+            load_all()
         core = completion_core(ctx)
         if core is None:
             return []
@@ -175,6 +183,8 @@ def _command(op: Operation, verb: str, help_text: str, fixed: dict[str, Any], wa
         for p in op.params:
             if values.get(p.name) is None and p.cli_default is not None:
                 values[p.name] = p.cli_default()
+        from pvc.cli.context import CliContext
+
         core = ctx.find_object(CliContext).core()
         try:
             baseline = before(core, **values) if waiting and before is not None else None
@@ -222,6 +232,12 @@ def commands_for(op: Operation) -> list[tuple[str, click.Command, tuple[str, ...
             for v in op.variants]
 
 
+def _alias(command: click.Command, verb: str, alias: str) -> click.Command:
+    """A hidden command under another name, running the same callback."""
+    return click.Command(alias, params=command.params, callback=command.callback, help=command.help,
+                         short_help=f"Alias of '{verb}'.", hidden=True)
+
+
 def group_for(root: click.Group, path: tuple[str, ...], groups: dict[str, tuple[str, tuple[str, ...]]]) -> click.Group:
     """The command group at ``path`` under ``root``, created (with its help and aliases) on the way."""
     group = root
@@ -246,7 +262,104 @@ def add_operations(root: click.Group, operations: dict[str, Operation],
         for verb, command, aliases in commands_for(op):
             group.add_command(command, verb)
             for alias in aliases:
-                hidden = click.Command(alias, params=command.params, callback=command.callback,
-                                       help=command.help, short_help=f"Alias of '{verb}'.", hidden=True)
-                group.add_command(hidden, alias)
+                group.add_command(_alias(command, verb, alias), alias)
 
+
+# --- the tree, whole or one top-level command at a time -------------------------------------------
+
+
+def _operations(modules: tuple[str, ...], wanted: Callable[[Operation], bool]) -> dict[str, Operation]:
+    """The declared operations ``wanted`` selects, after importing ``modules`` (the index's); all
+    declarations when those give none (an index older than the declarations)."""
+    for module in modules:
+        importlib.import_module(module)
+    found = {name: op for name, op in OPERATIONS.items() if wanted(op)}
+    return found or {name: op for name, op in load_all().items() if wanted(op)}
+
+
+def group_commands(name: str, modules: tuple[str, ...] = ()) -> MutableMapping[str, click.Command]:
+    """The commands of the top-level group ``name``: its operations' and the hand-written ones."""
+    root = click.Group("pvc")
+    add_operations(root, _operations(modules, lambda op: op.group[:1] == (name,)), GROUPS)
+    for path, spec in COMMANDS.items():
+        if len(path) > 1 and path[0] == name:
+            group_for(root, path[:-1], GROUPS).add_command(load_command(spec), path[-1])
+    return group_for(root, (name,), GROUPS).commands
+
+
+def top_command(name: str, modules: tuple[str, ...] = ()) -> click.Command | None:
+    """The top-level command ``name`` of an operation declared in no group (`pvc init`), or None."""
+    for op in _operations(modules, lambda op: op.group == ()).values():
+        for verb, command, aliases in commands_for(op):
+            if verb == name:
+                return command
+            if name in aliases:
+                return _alias(command, verb, name)
+    return None
+
+
+def _names(op: Operation) -> set[str]:
+    """The command names (and aliases) an operation contributes."""
+    return {n for verb, _, aliases in commands_for(op) for n in (verb, *aliases)}
+
+
+def top_kind(name: str) -> str | None:
+    """"group" or "command" when the declarations (all of them) give a top-level ``name``, else None."""
+    operations = load_all()
+    if any(op.group[:1] == (name,) for op in operations.values()) or any(
+            len(p) > 1 and p[0] == name for p in COMMANDS):
+        return "group"
+    if (name,) in COMMANDS or top_command(name) is not None:
+        return "command"
+    return None
+
+
+def full_tree() -> click.Group:
+    """Every command, built at once from all declarations and the hand-written commands: the tree
+    the lazy one (pvc.cli.cli) must equal, and the source of :data:`pvc.cli.groups.INDEX`."""
+    root = click.Group("pvc")
+    add_operations(root, load_all(), GROUPS)
+    for path, spec in COMMANDS.items():
+        group_for(root, path[:-1], GROUPS).add_command(load_command(spec), path[-1])
+    return root
+
+
+def index() -> dict[str, tuple[str, tuple[str, ...], str | None, str | None, bool]]:
+    """What :data:`pvc.cli.groups.INDEX` must hold, from the declarations."""
+    root = full_tree()
+    aliases = {alias: path for path, (_, names) in GROUPS.items() if " " not in path for alias in names}
+    out: dict[str, tuple[str, tuple[str, ...], str | None, str | None, bool]] = {}
+    for name in sorted(root.commands):
+        command = root.commands[name]
+        if isinstance(command, click.Group):
+            target = aliases.get(name, name)
+            modules = tuple(sorted({op.func.__module__ for op in OPERATIONS.values() if op.group[:1] == (target,)}))
+            out[name] = ("group", modules, None, None, command.hidden)
+        else:
+            modules = tuple(sorted({op.func.__module__ for op in OPERATIONS.values()
+                                    if op.group == () and name in _names(op)}))
+            # The first paragraph of the help is all a listing reads (Click's short help is made of it).
+            first = command.help.partition("\n\n")[0] if command.help else command.help
+            out[name] = ("command", modules, first, command.short_help, command.hidden)
+    return out
+
+
+BEGIN, END = "# BEGIN GENERATED INDEX\n", "# END GENERATED INDEX\n"
+
+
+def index_source() -> str:
+    """The generated block of pvc/cli/groups.py."""
+    lines = [f"    {name!r}: {entry!r}," for name, entry in index().items()]
+    return (BEGIN + "INDEX: dict[str, tuple[str, tuple[str, ...], str | None, str | None, bool]] = {\n"
+            + "\n".join(lines) + "\n}\n" + END)
+
+
+def write_index(path: str | None = None) -> bool:
+    """Rewrite the generated index in pvc/cli/groups.py (scripts/gen-completions); True if it changed."""
+    target = Path(path or Path(__file__).with_name("groups.py"))
+    text = target.read_text(encoding="utf-8")
+    start, end = text.index(BEGIN), text.index(END) + len(END)
+    new = text[:start] + index_source() + text[end:]
+    if new != text:
+        target.write_text(new, encoding="utf-8")
+    return new != text

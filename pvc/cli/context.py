@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import click
 
@@ -36,12 +37,24 @@ class CliContext:
             ctx = click.get_current_context(silent=True)
             if ctx is not None:
                 ctx.call_on_close(self.close)
+                # VM XML parsed by one command is kept for the next (pvc vm list at 1,000 VMs
+                # would otherwise parse every document in every run); loaded only when used.
+                records = sys.modules.get("pvc.lib.vm_records")
+                if records is not None:
+                    records.PARSED.persist(facts_cache_path(os.environ))
+                    ctx.call_on_close(records.PARSED.save)
         return self._core
 
     def close(self) -> None:
         if self._core is not None and self._owns_core:
             self._core.close()
             self._core = None
+
+
+def facts_cache_path(env: os._Environ[str] | dict[str, str]) -> str:
+    """Where the CLI keeps parsed VM XML between runs: the user's cache directory (XDG)."""
+    base = env.get("XDG_CACHE_HOME") or os.path.join(env.get("HOME") or os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "pvc", "vm-facts")
 
 
 def completion_core(ctx: click.Context) -> Cluster | None:

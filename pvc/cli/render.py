@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -89,10 +90,71 @@ def render(data: Any, fmt: str, name: str | None, colour: bool, long: bool = Fal
 
 
 def table(headers: list[str], rows: list[list[Any]], paint: Paint) -> str:
-    """A plain table (no rules) with a bold header, as the original printed them."""
-    from tabulate import tabulate  # at render time only: keeps `pvc --help` light
+    """A plain table (no rules) with a bold header, as the original printed them: tabulate's
+    ``tablefmt="plain", disable_numparse=True``, made here for the cells views give (see
+    :func:`plain_table`), by tabulate itself for any other."""
+    painted = [paint(h, "bold") for h in headers]
+    text = plain_table(painted, rows)
+    if text is not None:
+        return text
+    from tabulate import tabulate  # only for unusual cells: importing it costs more than a 1,000-row table
 
-    return tabulate(rows, headers=[paint(h, "bold") for h in headers], tablefmt="plain", disable_numparse=True)
+    return tabulate(rows, headers=painted, tablefmt="plain", disable_numparse=True)
+
+
+#: The colour codes Paint writes; tabulate does not count them in a cell's width either.
+_SGR = re.compile(r"\x1b\[[0-9]+m")
+_PRINTABLE = re.compile(r"[ -~]*")
+
+
+def _plain_cell(value: Any) -> tuple[str, int] | None:
+    """A cell's text and visible width as tabulate shows it, or None when tabulate must decide."""
+    if value is None:
+        return "", 0
+    kind = type(value)
+    if kind is int or kind is float:
+        text = f"{value}"
+        return text, len(text)
+    if kind is not str:
+        return None
+    visible = _SGR.sub("", value) if "\x1b" in value else value
+    # Printable ASCII only (one column a character, one line), no surrounding spaces (tabulate
+    # strips them), and no cell of colour codes alone (tabulate types those as empty).
+    if not _PRINTABLE.fullmatch(visible) or visible != visible.strip() or (not visible and value):
+        return None
+    return value, len(visible)
+
+
+def plain_table(headers: list[str], rows: list[list[Any]]) -> str | None:
+    """What ``tabulate(rows, headers, tablefmt="plain", disable_numparse=True)`` gives, for cells
+    of printable ASCII text (with Paint's colours), numbers and None; None for anything else.
+
+    With number parsing off, tabulate aligns every column to the left, as wide as its widest
+    cell and at least its header plus two, joins columns with two spaces and strips each line's
+    end (tests/test_cli_lazy.py compares the two)."""
+    columns = len(headers)
+    header_cells = [_plain_cell(h) for h in headers]
+    if any(c is None for c in header_cells):
+        return None
+    widths = [width + 2 for _, width in header_cells]  # type: ignore[misc]
+    body = []
+    for row in rows:
+        if len(row) != columns:
+            return None
+        cells = []
+        for i, value in enumerate(row):
+            cell = _plain_cell(value)
+            if cell is None:
+                return None
+            if cell[1] > widths[i]:
+                widths[i] = cell[1]
+            cells.append(cell)
+        body.append(cells)
+    lines = []
+    for cells in [header_cells, *body]:
+        lines.append("  ".join(text + " " * (width - visible)
+                               for (text, visible), width in zip(cells, widths)).rstrip())  # type: ignore[misc]
+    return "\n".join(lines)
 
 
 def fields(pairs: list[tuple[str, Any]], paint: Paint) -> str:

@@ -288,6 +288,10 @@ def _integer(label: str, raw: Any) -> int:
 
 def load_all() -> dict[str, Operation]:
     """Import every operation module so that :data:`OPERATIONS` is complete."""
-    import pvc.lib.ops  # noqa: F401  (the import registers the declarations)
+    import importlib
 
+    from pvc.lib.ops import MODULES
+
+    for module in MODULES:
+        importlib.import_module(f"pvc.lib.ops.{module}")  # the import registers the declarations
     return OPERATIONS

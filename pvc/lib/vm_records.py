@@ -16,7 +16,9 @@ from pvc.lib.errors import InvalidArgument, NotFound, quote
 from pvc.lib.store import Entry
 from pvc.lib.vm_xml import DomainXml, ParsedCache, canonical_uuid
 
-#: Parsed XML of the VMs this process has read, by UUID.
+#: The facts of the XML of the VMs this process has read, by the XML key's path, while its
+#: version and text are unchanged (bounded and thread-safe; `pvc serve`'s read view shares it).
+#: A miss reads the document in one pass (vm_xml.read_facts), which lists need for every VM.
 PARSED = ParsedCache()
 
 
@@ -77,7 +79,7 @@ def _parsed(vm: Vm) -> DomainXml | None:
     if entry is None:
         return None
     try:
-        return PARSED.get(vm.uuid, entry.version, entry.value)
+        return PARSED.get(schema.domain_key(vm.uuid, "xml"), entry.version, entry.value)
     except InvalidArgument:
         return None  # a tree written by other tools may hold XML we cannot read; show what we can
 

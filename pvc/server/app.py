@@ -20,7 +20,7 @@ from pvc.lib.registry import load_all
 from pvc.server.auth import COOKIE, HEADER, Authenticator, Refused, TokenInQuery, client_key
 from pvc.server.errors import dumps, error_body, status_for
 from pvc.server.openapi import add_openapi_route
-from pvc.server.routes import PREFIX, add_routes
+from pvc.server.routes import CACHE_BYTES, JSON, PREFIX, add_routes, http_response
 from pvc.server.values import parse_urlencoded, request_values
 
 log = logging.getLogger("pvc.server")
@@ -69,13 +69,17 @@ class ContractPlugin:
         self.pretty = pretty
 
     def json(self, data: Any, status: int | str = 200, headers: dict[str, str] | None = None) -> bottle.HTTPResponse:
-        return bottle.HTTPResponse(dumps(data, self.pretty), status, {"Content-Type": "application/json", **(headers or {})})
+        # Encoded at once (the str is dropped here), handed over in pieces when large.
+        return http_response(dumps(data, self.pretty).encode(), JSON, status, headers)
 
     def apply(self, callback: Callable[..., Any], route: bottle.Route) -> Callable[..., Any]:
         public = route.config.get("pvc_public", False)
         mutating = route.method != "GET"
 
         def wrapper(*args: Any, **kwargs: Any) -> Any:
+            # Order matters: credentials are checked on every request before the route's callback
+            # (and so before the response cache in pvc.server.routes) is reached; every error
+            # answer is built below from an exception, after the cache, and never kept by it.
             try:
                 if not public:
                     request = bottle.request
@@ -98,8 +102,13 @@ class ContractPlugin:
         return wrapper
 
 
-def create_app(core: Cluster) -> bottle.Bottle:
-    """A new Bottle app serving the whole API for ``core``."""
+def create_app(core: Cluster, cache_bytes: int = CACHE_BYTES) -> bottle.Bottle:
+    """A new Bottle app serving the whole API for ``core``.
+
+    When ``core`` reads through a read view (`pvc serve`), GET answers are kept encoded while
+    what they read is unchanged (pvc.server.routes, at most ``cache_bytes`` bytes; 0 keeps
+    none). ``app.config["pvc.responses"]`` holds the cache (``.cache``: None until the first
+    GET, and without a view)."""
     settings = core.settings
     app = bottle.Bottle()
     auth = Authenticator(settings)
@@ -173,7 +182,7 @@ def create_app(core: Cluster) -> bottle.Bottle:
             raise NotImplementedYet(message)
 
         app.route(PREFIX + path, method=method, callback=planned)
-    add_routes(app, core, load_all())
+    app.config["pvc.responses"] = add_routes(app, core, load_all(), cache=cache_bytes > 0, cache_bytes=cache_bytes)
     add_openapi_route(app, core)
     return app
 

@@ -47,6 +47,8 @@ _POLL = 0.05
 
 class EmbeddedStore(Store):
     engine = "embedded"
+    #: Commits sent through this object (applied or not): a read view on it catches up when it grows.
+    commits = 0
 
     def __init__(self, path: str, timeout: float = 5.0):
         super().__init__()
@@ -177,7 +179,11 @@ class EmbeddedStore(Store):
                 raise
             conn.execute("COMMIT")
 
-        self._run(apply)
+        try:
+            self._run(apply)
+        finally:
+            # Whatever the outcome: a read view on this store catches up before its next read.
+            self.commits += 1
         self._wake.set()
 
     # -- watches ------------------------------------------------------------------------------
@@ -241,6 +247,88 @@ class EmbeddedStore(Store):
                         except Exception:  # a broken callback must not end every other watch
                             log.exception("A watch callback for %s failed", path)
         conn.close()
+
+    # -- change feed, for a read view (pvc.lib.store.view) ---------------------------------------
+    def zxid(self) -> int:
+        """The number of the last transaction committed to the file, by any process."""
+        return self._run(lambda conn: conn.execute("SELECT value FROM meta WHERE name = 'zxid'").fetchone()[0])  # type: ignore[return-value]
+
+    def ensure_change_index(self) -> None:
+        """Index the keys by the transaction that last changed them (or their children), so that
+        :meth:`changes_since` reads only what changed. Made once per file, by the first read view;
+        every writer keeps it current from then on."""
+
+        def make(conn: sqlite3.Connection) -> None:
+            if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'keys_pzxid'").fetchone() is not None:
+                return
+            conn.executescript("BEGIN IMMEDIATE;"
+                               "CREATE INDEX IF NOT EXISTS keys_mzxid ON keys (mzxid);"
+                               "CREATE INDEX IF NOT EXISTS keys_pzxid ON keys (pzxid);"
+                               "COMMIT;")
+
+        self._run(make)
+
+    def snapshot(self, roots: Sequence[str]) -> tuple[int, list[tuple[str, str, str, int]]]:
+        """(zxid, [(path, parent, value, version)]) of every key of the subtrees ``roots``, read
+        in one transaction: the tree exactly as it was after transaction zxid."""
+
+        def read(conn: sqlite3.Connection) -> tuple[int, list[tuple[str, str, str, int]]]:
+            conn.execute("BEGIN")
+            try:
+                (zxid,) = conn.execute("SELECT value FROM meta WHERE name = 'zxid'").fetchone()
+                rows: list[tuple[str, str, str, int]] = []
+                for root in roots:
+                    rows += conn.execute(
+                        "SELECT path, parent, value, version FROM keys WHERE path = ? OR (path > ? AND path < ?)",
+                        (root, root + "/", root + "0"),
+                    ).fetchall()
+            finally:
+                conn.execute("COMMIT")
+            return zxid, rows
+
+        return self._run(read)  # type: ignore[return-value]
+
+    def changes_since(
+        self, zxid: int, known_children: Callable[[str], Iterable[str] | None]
+    ) -> tuple[int, list[tuple[str, str, str, int]], dict[str, list[str]]]:
+        """What changed after transaction ``zxid``, read in one transaction: (the last zxid, the
+        keys written or created since [(path, parent, value, version)], and the full child list
+        of each key that lost a child since {parent: [names]}).
+
+        Deletions leave no row, so they are found through the parents: a key whose child version
+        (pzxid) moved on and which now has fewer children than ``known_children(parent)`` (the
+        names the caller knew; None for a key it does not follow) plus those created since is
+        listed in full, and so is "/" whenever a top-level key came or went. Without
+        :meth:`ensure_change_index` this reads the whole table."""
+
+        def read(conn: sqlite3.Connection) -> tuple[int, list[tuple[str, str, str, int]], dict[str, list[str]]]:
+            conn.execute("BEGIN")
+            try:
+                (last,) = conn.execute("SELECT value FROM meta WHERE name = 'zxid'").fetchone()
+                if last == zxid:
+                    return last, [], {}
+                rows = conn.execute(
+                    "SELECT path, parent, value, version FROM keys WHERE mzxid > ?", (zxid,)
+                ).fetchall()
+                created: dict[str, set[str]] = {}
+                for path, up, _value, _version in rows:
+                    created.setdefault(up, set()).add(path.rsplit("/", 1)[1])
+                lists: dict[str, list[str]] = {}
+                for (up,) in conn.execute("SELECT path FROM keys WHERE pzxid > ?", (zxid,)).fetchall():
+                    known = known_children(up)
+                    if known is None:
+                        continue  # not a key the caller follows
+                    (count,) = conn.execute("SELECT count(*) FROM keys WHERE parent = ?", (up,)).fetchone()
+                    expected = set(known) | created.get(up, set())
+                    # The top-level keys are always listed (a handful): a caller follows only some.
+                    if up == "/" or count != len(expected):
+                        names = conn.execute("SELECT path FROM keys WHERE parent = ?", (up,)).fetchall()
+                        lists[up] = sorted(p.rsplit("/", 1)[1] for (p,) in names)
+            finally:
+                conn.execute("COMMIT")
+            return last, rows, lists
+
+        return self._run(read)  # type: ignore[return-value]
 
     # -- lifecycle ----------------------------------------------------------------------------
     def describe(self) -> str:

@@ -19,12 +19,14 @@ from typing import Any
 
 from kazoo.exceptions import EXCEPTIONS
 from kazoo.protocol.serialization import (
+    GetChildren,
     GetData,
     MultiHeader,
     ZnodeStat,
     int_struct,
     multiheader_struct,
     read_buffer,
+    read_string,
     stat_struct,
     write_string,
 )
@@ -33,23 +35,29 @@ from kazoo.protocol.serialization import (
 MULTI_READ = 22
 
 
-class MultiRead(namedtuple("MultiRead", "paths")):
-    """getData of every path (already prefixed with the chroot), in one request."""
+class MultiRead(namedtuple("MultiRead", "paths ops")):
+    """The read operations ``ops`` (getData, and getChildren for a tree read) of every path
+    (already prefixed with the chroot), in that order, in one request."""
 
     type = MULTI_READ
+
+    def __new__(cls, paths: list[str], ops: tuple[int, ...] = (GetData.type,)) -> "MultiRead":
+        return super().__new__(cls, paths, ops)
 
     def serialize(self) -> bytearray:
         b = bytearray()
         for path in self.paths:
-            b.extend(multiheader_struct.pack(GetData.type, False, -1))
-            b.extend(write_string(path))
-            b.append(0)  # no watch
+            for op in self.ops:
+                b.extend(multiheader_struct.pack(op, False, -1))
+                b.extend(write_string(path))
+                b.append(0)  # no watch
         b.extend(multiheader_struct.pack(-1, True, -1))
         return b
 
     @classmethod
     def deserialize(cls, data: bytes, offset: int) -> list[Any]:
-        """[(bytes, ZnodeStat) or an exception instance] in the order of the paths."""
+        """One result per operation, in order: (bytes, ZnodeStat) for getData, [names] for
+        getChildren, or an exception instance for one that failed."""
         results: list[Any] = []
         header, offset = MultiHeader.deserialize(data, offset)
         while not header.done:
@@ -58,6 +66,14 @@ class MultiRead(namedtuple("MultiRead", "paths")):
                 stat = ZnodeStat._make(stat_struct.unpack_from(data, offset))
                 offset += stat_struct.size
                 results.append((value, stat))
+            elif header.type == GetChildren.type:
+                count = int_struct.unpack_from(data, offset)[0]
+                offset += int_struct.size
+                names = []
+                for _ in range(max(count, 0)):
+                    name, offset = read_string(data, offset)
+                    names.append(name)
+                results.append(names)
             elif header.type == -1:
                 code = int_struct.unpack_from(data, offset)[0]
                 offset += int_struct.size
@@ -66,6 +82,10 @@ class MultiRead(namedtuple("MultiRead", "paths")):
                 raise ValueError(f"unexpected operation {header.type} in a multiRead answer")
             header, offset = MultiHeader.deserialize(data, offset)
         return results
+
+
+#: The operations of a tree read: each key's data and its children's names.
+TREE_OPS = (GetData.type, GetChildren.type)
 
 
 def send(client: Any, paths: list[str]) -> Any:

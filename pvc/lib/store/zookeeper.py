@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+from collections import namedtuple
 from typing import Callable, Iterable, Sequence
 
 from kazoo.client import KazooClient, KazooState
@@ -42,6 +43,7 @@ from kazoo.exceptions import (
     ZookeeperError,
 )
 from kazoo.handlers.threading import KazooTimeoutError
+from kazoo.protocol.serialization import Watch, int_struct, write_string
 from kazoo.retry import KazooRetry, RetryFailedError
 
 from pvc.lib.errors import AlreadyExists, Conflict, NotFound, OutcomeUnknown, PvcError, Unavailable
@@ -68,6 +70,8 @@ class _NoAnswer(Exception):
 
 class ZooKeeperStore(Store):
     engine = "zookeeper"
+    #: Commits sent through this object (applied or not): a read view on it catches up when it grows.
+    commits = 0
 
     def __init__(self, hosts: Sequence[str], chroot: str | None = None, timeout: float = 5.0):
         super().__init__()
@@ -299,7 +303,10 @@ class ZooKeeperStore(Store):
                 if isinstance(result, Exception) and not isinstance(result, RolledBackError):
                     raise _translate(result, op.path)
 
-        self._call(apply, write=True)
+        try:
+            self._call(apply, write=True)
+        finally:
+            self.commits += 1
 
     # -- watches ------------------------------------------------------------------------------
     def watch(self, paths: Iterable[str], callback: Callable[[str], None], children: bool = False) -> WatchHandle:
@@ -381,6 +388,115 @@ class ZooKeeperStore(Store):
                     if not watchers:
                         table.pop(path, None)
 
+    # -- change feed, for a read view (pvc.lib.store.view) ---------------------------------------
+    @property
+    def connected(self) -> bool:
+        """Whether the session is connected (and not on a connection given up for silence)."""
+        return self._usable()
+
+    def on_connection(self, listener: Callable[[bool], None]) -> Callable[[], None]:
+        """Call ``listener(True)`` whenever the session is (re)connected and ``listener(False)``
+        whenever the connection is lost, on kazoo's connection thread (it must not block);
+        returns a function that stops it."""
+
+        def relay(state: str) -> None:
+            listener(state == KazooState.CONNECTED)
+
+        self.client.add_listener(relay)
+        return lambda: self.client.remove_listener(relay)
+
+    def on_tree_event(self, listener: Callable[[str], None]) -> Callable[[], None]:
+        """Call ``listener(path)`` for every change notification this session receives (the
+        persistent watches of :meth:`add_tree_watch` among them), on kazoo's connection thread
+        as the notification is read: so before the answer to any request sent after the change
+        is delivered (ZooKeeper sends a session its notifications in order with its answers).
+        It must not block. Returns a function that stops it.
+
+        kazoo (2.11) neither offers persistent watches nor hands on a notification for a path it
+        has no one-shot watcher of; so the connection's reader of notifications is wrapped here
+        (``ConnectionHandler._read_watch_event``, kazoo/protocol/connection.py) and kazoo's own
+        handling still follows. The handler lives as long as the client: once is enough."""
+        with self._state:
+            listeners = getattr(self, "_tree_listeners", None)
+            if listeners is None:
+                listeners = self._tree_listeners = []
+                connection = self.client._connection
+                original = connection._read_watch_event
+                client = self.client
+
+                def read_watch_event(buffer: bytes, offset: int) -> object:
+                    try:
+                        watch, _ = Watch.deserialize(buffer, offset)
+                        path = client.unchroot(watch.path)
+                        for each in list(listeners):
+                            each(path)
+                    except Exception:  # never let a listener break kazoo's connection thread
+                        log.exception("A change listener failed")
+                    return original(buffer, offset)
+
+                connection._read_watch_event = read_watch_event
+            listeners.append(listener)
+
+        def stop() -> None:
+            with self._state:
+                if listener in listeners:
+                    listeners.remove(listener)
+
+        return stop
+
+    def add_tree_watch(self, path: str) -> None:
+        """Have this session notified of every creation, change and deletion in the subtree
+        ``path`` (a persistent recursive watch, ZooKeeper 3.6 and later; ``path`` need not exist
+        yet). It lasts as long as the connection: add it again after a reconnection."""
+        check_path(path)
+        full = (self.client.chroot or "") + path if path != "/" else (self.client.chroot or "/")
+        self._call(lambda: self._result(self._send(_AddWatch(full, _PERSISTENT_RECURSIVE))), path)
+
+    def sync(self) -> None:
+        """One round trip through the leader: once it returns, every change committed before the
+        call has been notified to this session (see :meth:`on_tree_event`). Unavailable when the
+        server does not answer within the deadline (the connection is then given up)."""
+        self._call(lambda: self._result(self.client.sync_async("/")))
+
+    def read_tree(self, roots: Sequence[str]) -> dict[str, tuple[Entry, list[str]]]:
+        """Every key of the subtrees ``roots`` (missing roots are left out) with its entry and its
+        sorted child names: one level at a time, each level in pipelined multiRead requests of a
+        getData and a getChildren per key. Not one snapshot: keys changed meanwhile may be read
+        before or after their change (a read view follows them through its watch)."""
+        for root in roots:
+            check_path(root)
+        chroot = self.client.chroot or ""
+
+        def walk() -> dict[str, tuple[Entry, list[str]]]:
+            found: dict[str, tuple[Entry, list[str]]] = {}
+            level = list(roots)
+            while level:
+                batches = [level[i : i + TREE_BATCH] for i in range(0, len(level), TREE_BATCH)]
+                pending = [(batch, self._send(zk_multiread.MultiRead([chroot + p for p in batch], zk_multiread.TREE_OPS))) for batch in batches]
+                level = []
+                for batch, result in pending:
+                    answers = self._result(result)
+                    for i, path in enumerate(batch):
+                        data, names = answers[2 * i], answers[2 * i + 1]
+                        if isinstance(data, NoNodeError) or isinstance(names, NoNodeError):
+                            continue  # deleted meanwhile (its deletion is notified)
+                        for answer in (data, names):
+                            if isinstance(answer, Exception):
+                                raise answer
+                        value, stat = data
+                        children = sorted(names)
+                        found[path] = (Entry((value or b"").decode("utf-8"), stat.version), children)
+                        level.extend(f"{path}/{name}" for name in children)
+            return found
+
+        return self._call(walk)  # type: ignore[return-value]
+
+    def _send(self, request: object) -> object:
+        """Queue one request of our own encoding with kazoo's connection; returns its async result."""
+        result = self.client.handler.async_result()
+        self.client._call(request, result)
+        return result
+
     # -- lifecycle ----------------------------------------------------------------------------
     def describe(self) -> str:
         return f"ZooKeeper at {self.hosts}{self.chroot or ''}"
@@ -430,3 +546,23 @@ def _translate(error: Exception, path: str | None = None) -> PvcError:
     if isinstance(error, ZookeeperError):
         return Unavailable(f"ZooKeeper refused the request{where}: {type(error).__name__}.")
     return Unavailable(f"ZooKeeper client error{where}: {type(error).__name__}: {error}")
+
+
+#: Keys per multiRead of :meth:`ZooKeeperStore.read_tree` (two operations each).
+TREE_BATCH = 500
+#: ZooKeeper's OpCode.addWatch and AddWatchMode.PERSISTENT_RECURSIVE.
+_ADD_WATCH = 106
+_PERSISTENT_RECURSIVE = 1
+
+
+class _AddWatch(namedtuple("_AddWatch", "path mode")):
+    """ZooKeeper's addWatch request (3.6 and later), which kazoo 2.11 does not offer."""
+
+    type = _ADD_WATCH
+
+    def serialize(self) -> bytes:
+        return bytes(write_string(self.path)) + int_struct.pack(self.mode)
+
+    @classmethod
+    def deserialize(cls, data: bytes, offset: int) -> bool:
+        return True

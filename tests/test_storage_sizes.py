@@ -103,5 +103,10 @@ def test_bad_devices(device: object) -> None:
 
 
 def test_osd_flags_are_cephs_list() -> None:
-    assert OSD_FLAGS == ("full", "pause", "noup", "nodown", "noout", "noin", "nobackfill", "norebalance", "norecover",
-                         "noscrub", "nodeep-scrub", "notieragent", "nosnaptrim")
+    """The library offers the flags the agent accepts (tests/test_agent_ceph.py checks those
+    against the installed Ceph's own grammar)."""
+    from pvc.agent.ceph import OSD_SET_FLAGS
+
+    assert OSD_FLAGS == OSD_SET_FLAGS == ("full", "pause", "noup", "nodown", "noout", "noin", "nobackfill",
+                                          "norebalance", "norecover", "noscrub", "nodeep-scrub", "notieragent",
+                                          "nosnaptrim", "pglog_hardlimit")

@@ -22,9 +22,9 @@ from pvc.lib.core import Cluster, not_initialised
 from pvc.lib.errors import InvalidArgument, NotFound, quote
 from pvc.lib.registry import MAX_NUMBER_CHARS
 
-#: The options of `ceph osd set|unset` (Ceph's own list of cluster-wide OSD flags).
-OSD_FLAGS = ("full", "pause", "noup", "nodown", "noout", "noin", "nobackfill", "norebalance", "norecover",
-             "noscrub", "nodeep-scrub", "notieragent", "nosnaptrim")
+#: The options of `ceph osd set|unset`: Ceph's own list of cluster-wide OSD flags, the one the
+#: agent checks too (Ceph itself refuses to unset pglog_hardlimit, and says so).
+OSD_FLAGS = schema.OSD_SET_FLAGS
 
 #: The original's size units: binary, upper case, one letter (its §4.9.4).
 SIZE_UNITS = {"B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4, "P": 1024**5}

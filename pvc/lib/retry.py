@@ -47,7 +47,11 @@ class ReadAgain(Conflict):
 def backoff(attempt: int, first: float = BACKOFF_FIRST, cap: float = BACKOFF_MAX) -> float:
     """The wait after the ``attempt``-th lost race (1 for the first): uniform in [0, first × 2^(n-1)],
     the bound capped at ``cap``."""
-    return random.uniform(0.0, min(cap, first * 2 ** min(attempt - 1, 30)))
+    return _jitter.uniform(0.0, min(cap, first * 2 ** min(attempt - 1, 30)))
+
+
+#: Our own generator: the module-level one's state is shared with every other user of `random`.
+_jitter = random.Random()
 
 
 def retrying(what: str, attempt: Callable[[], T], retry_on: tuple[type[PvcError], ...] = (Conflict,),

@@ -40,7 +40,8 @@ MiB = 1024**2
 def context(core: Cluster, lab: CephLab, timeout: float = 60.0, stopping: threading.Event | None = None,
             conf: str | None = None, node: str = NODE) -> Context:
     settings = dataclasses.replace(core.settings, ceph_config=conf or lab.conf)
-    return Context(core, node, settings, time.monotonic() + timeout, stopping or threading.Event())
+    return Context(node=node, settings=settings, deadline=time.monotonic() + timeout,
+                   stopping=stopping or threading.Event(), core=core)
 
 
 def run(core: Cluster, lab: CephLab, command: str, **args: Any) -> Outcome:

@@ -24,7 +24,6 @@ from struct import pack
 from typing import Any
 
 from pvc.agent import ceph_exec
-from pvc.agent.ceph_exec import Bounds
 from pvc.agent.commands import Context, Outcome, handler
 from pvc.lib import schema
 from pvc.lib.errors import CommandFailed, InvalidArgument, PvcError, Timeout, quote
@@ -32,6 +31,9 @@ from pvc.lib.store import Create, Delete, Op, Set, Store
 
 #: Ceph's own OSD flags: the library checks the same list (schema.OSD_SET_FLAGS).
 OSD_SET_FLAGS, OSD_UNSET_FLAGS = schema.OSD_SET_FLAGS, schema.OSD_UNSET_FLAGS
+#: Seconds given to undoing a half-done change (an OSD, pool or volume Ceph made before a later
+#: step failed).
+UNDO_SECONDS = 30.0
 #: RBD features of a new volume (the original's).
 IMAGE_FEATURES = "layering,exclusive-lock"
 #: Size of the sparse file made for a file-backed OSD whose path does not exist yet (the lab's).
@@ -300,7 +302,7 @@ def _wait_up(ctx: Context, osd_id: str, proc: Any) -> None:
 
 def _remove_quietly(ctx: Context, osd_id: str, created_file: str | None = None) -> None:
     """Undo a half-made OSD (with time of its own: the command's may be used up)."""
-    cleanup = Bounds(ctx.node, ctx.settings, time.monotonic() + 30.0, threading.Event())
+    cleanup = ctx.afresh(UNDO_SECONDS)
     try:
         data = _osd_data(cleanup, osd_id)
         marker = _read_marker(data) or {}
@@ -435,7 +437,7 @@ def pool_add(ctx: Context, args: dict) -> Outcome:
     try:
         ceph_exec.run(ctx, ["ceph", "osd", "pool", "application", "enable", pool, "rbd"])
     except PvcError as e:
-        _pool_rm(Bounds(ctx.node, ctx.settings, time.monotonic() + 30.0, threading.Event()), pool, quiet=True)
+        _pool_rm(ctx.afresh(UNDO_SECONDS), pool, quiet=True)
         raise e from None
     ops = (Create(schema.pool(pool), ""), Create(schema.pool_key(pool, "pgs"), str(pgs)),
            Create(schema.pool_key(pool, "stats"), "{}"), Create(schema.pool_volumes(pool), ""),
@@ -485,8 +487,7 @@ def volume_add(ctx: Context, args: dict) -> Outcome:
         info = _info(ctx, spec)
     except PvcError as e:
         try:
-            ceph_exec.run(Bounds(ctx.node, ctx.settings, time.monotonic() + 30.0, threading.Event()),
-                          ["rbd", "rm", spec])
+            ceph_exec.run(ctx.afresh(UNDO_SECONDS), ["rbd", "rm", spec])
         except PvcError:
             pass
         raise e from None

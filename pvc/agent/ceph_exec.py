@@ -18,11 +18,10 @@ import os
 import re
 import signal
 import subprocess
-import threading
 import time
-from dataclasses import dataclass
-from typing import Any, Protocol, Sequence
+from typing import Any, Sequence
 
+from pvc.agent.commands import Bounds
 from pvc.lib.config import Settings
 from pvc.lib.errors import CommandFailed, Timeout, quote
 
@@ -38,29 +37,6 @@ SYSTEM_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/s
 _LOG_PREFIX = re.compile(r"^\d{4}-\d\d-\d\dT[\d:.]+[+-]\d{4} [0-9a-f]+ +-?\d+ ")
 #: rbd's progress meter: "Removing image: 42% complete..." with "done."/"failed." at its end.
 _PROGRESS = re.compile(r"[A-Za-z][A-Za-z ]*: \d+% complete\.\.\.(?:done\.|failed\.)?")
-
-
-class Deadline(Protocol):
-    """What a call needs of its command: a :class:`pvc.agent.commands.Context` has it all."""
-
-    node: str
-    settings: Settings
-    stopping: threading.Event
-
-    def remaining(self) -> float: ...
-
-
-@dataclass(frozen=True)
-class Bounds:
-    """A deadline for calls made outside a command (the keepalive figures)."""
-
-    node: str
-    settings: Settings
-    deadline: float
-    stopping: threading.Event
-
-    def remaining(self) -> float:
-        return max(self.deadline - time.monotonic(), 0.0)
 
 
 def environment(settings: Settings) -> dict[str, str]:
@@ -99,7 +75,7 @@ def describe(argv: Sequence[str]) -> str:
     return " ".join(words)
 
 
-def run(ctx: Deadline, argv: Sequence[str], *, json_out: bool = False, stdin: str | None = None,
+def run(ctx: Bounds, argv: Sequence[str], *, json_out: bool = False, stdin: str | None = None,
         timeout: float | None = None) -> Any:
     """Run one tool; return its stdout (text, or parsed when ``json_out``: ``--format json`` is
     added). Raises CommandFailed (non-zero exit, a missing tool, output that is not JSON, the
@@ -107,7 +83,7 @@ def run(ctx: Deadline, argv: Sequence[str], *, json_out: bool = False, stdin: st
     return call(ctx, argv, json_out=json_out, stdin=stdin, timeout=timeout)[0]
 
 
-def call(ctx: Deadline, argv: Sequence[str], *, json_out: bool = False, stdin: str | None = None,
+def call(ctx: Bounds, argv: Sequence[str], *, json_out: bool = False, stdin: str | None = None,
          timeout: float | None = None) -> tuple[Any, str]:
     """As :func:`run`, and also return the tool's stderr (``ceph`` confirms, and reports some
     refusals such as "pool 'x' already exists", there with exit code 0)."""
@@ -139,7 +115,7 @@ def call(ctx: Deadline, argv: Sequence[str], *, json_out: bool = False, stdin: s
                             f"{error_text(stdout)[:200] or 'nothing'}") from None
 
 
-def _wait(ctx: Deadline, proc: subprocess.Popen, what: str, deadline: float, stdin: str | None) -> tuple[str, str]:
+def _wait(ctx: Bounds, proc: subprocess.Popen, what: str, deadline: float, stdin: str | None) -> tuple[str, str]:
     """The tool's output once it exits; killed at the deadline or when the agent stops."""
     text_in = stdin
     while True:
@@ -170,7 +146,7 @@ def kill(proc: subprocess.Popen) -> None:
         pass
 
 
-def spawn(ctx: Deadline, argv: Sequence[str], log_path: str) -> subprocess.Popen:
+def spawn(ctx: Bounds, argv: Sequence[str], log_path: str) -> subprocess.Popen:
     """Start a daemon that outlives the command (``ceph-osd -f``): its own session, so a signal
     to the agent's group does not reach it; output to ``log_path``. The caller records its pid."""
     with open(log_path, "ab") as log:

@@ -26,7 +26,7 @@ import time
 from typing import Any, Callable
 
 from pvc.agent import ceph_exec
-from pvc.agent.ceph_exec import Bounds
+from pvc.agent.commands import Bounds
 from pvc.lib import schema
 from pvc.lib.config import Settings
 from pvc.lib.core import Cluster

@@ -48,19 +48,31 @@ class Outcome:
 
 
 @dataclass(frozen=True)
-class Context:
-    """What a handler gets besides the command's arguments."""
+class Bounds:
+    """How long work on this node may take, and the agent's ``stopping`` event: what running a
+    tool needs (:mod:`pvc.agent.ceph_exec`), in a command or in the agent's own calls."""
 
-    core: Cluster
     node: str
     settings: Settings
-    #: time.monotonic() by which the handler must be done.
+    #: time.monotonic() by which the work must be done.
     deadline: float
     #: Set when the agent stops: give up promptly.
     stopping: threading.Event
 
     def remaining(self) -> float:
         return max(self.deadline - time.monotonic(), 0.0)
+
+    def afresh(self, seconds: float) -> "Bounds":
+        """Bounds of their own for undoing a half-done change: ``seconds`` from now, and not cut
+        short by a stop (the command's own time may be used up, and the undo must finish)."""
+        return Bounds(self.node, self.settings, time.monotonic() + seconds, threading.Event())
+
+
+@dataclass(frozen=True)
+class Context(Bounds):
+    """What a handler gets besides the command's arguments: its bounds and the cluster."""
+
+    core: Cluster
 
 
 Handler = Callable[[Context, dict], Outcome]
@@ -217,7 +229,8 @@ class CommandWorker:
     def _run(self, path: str, value: dict, version: int, seconds: float) -> None:
         name = str(value.get("command"))
         args = value.get("args") if isinstance(value.get("args"), dict) else {}
-        ctx = Context(self.core, self.name, self.core.settings, time.monotonic() + seconds, self.stopping)
+        ctx = Context(node=self.name, settings=self.core.settings, deadline=time.monotonic() + seconds,
+                      stopping=self.stopping, core=self.core)
         started = time.monotonic()
         ops: Sequence[Op] = ()
         try:

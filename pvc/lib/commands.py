@@ -163,13 +163,16 @@ def _run(core: Cluster, node: str, command: str, args: dict[str, Any], timeout: 
     problem = _node_problem(core, node)
     if problem is not None:
         raise InvalidState(f"Node {quote(node)} cannot carry out {quote(command)}: {problem}. Nothing was done.")
-    ensure_root(core)
     command_id = new_id()
     path = schema.command(command_id)
     now = time.time()
     entry = {"id": command_id, "node": node, "command": command, "args": args, "state": NEW,
              "created": now, "deadline": now + timeout, "timeout": timeout}
-    store.commit([Create(path, encode(entry))])
+    try:
+        store.commit([Create(path, encode(entry))])
+    except NotFound:  # a tree initialised before /commands existed
+        ensure_root(core)
+        store.commit([Create(path, encode(entry))])
     start = time.monotonic()
     deadline = start + timeout
     watched = [path, schema.node_key(node, "daemonstate"), schema.node_key(node, "keepalive")]

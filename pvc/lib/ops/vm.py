@@ -318,17 +318,23 @@ def _disks_to_remove(core: Cluster, found: Vm) -> list[tuple[str, str]]:
     from pvc.lib.ceph_records import volume_users
 
     specs = list(dict.fromkeys(s.strip() for s in (found.value("rbdlist") or "").split(",") if s.strip()))
-    out = []
+    def unknown(spec: str, why: str) -> InvalidState:
+        return InvalidState(f"Cannot remove the disks of VM {quote(found.name)}: its disk {quote(spec)} is not a "
+                            f"volume pvc knows ({why.rstrip('.')}). Nothing was removed; undefine the VM and remove "
+                            "its volumes by hand.")
+
+    keys = {}
     for spec in specs:
         pool, _, volume = spec.partition("/")
         try:
-            if not core.store.exists(schema.volume(pool, volume)):
-                raise NotFound("no such volume in the cluster")
-        except (InvalidArgument, NotFound) as e:
-            raise InvalidState(f"Cannot remove the disks of VM {quote(found.name)}: its disk {quote(spec)} is not a "
-                               f"volume pvc knows ({e.message.rstrip('.')}). Nothing was removed; undefine the VM "
-                               "and remove its volumes by hand.") from None
-        out.append((pool, volume))
+            keys[(pool, volume)] = schema.volume(pool, volume)
+        except InvalidArgument as e:
+            raise unknown(spec, e.message) from None
+    present = core.store.get_many(list(keys.values())) if keys else {}
+    for (pool, volume), key in keys.items():
+        if present[key] is None:
+            raise unknown(f"{pool}/{volume}", "no such volume in the cluster")
+    out = list(keys)
     if out:
         users = volume_users(core)
         for pool, volume in out:
